@@ -1,0 +1,78 @@
+//! `ft`: the mlx-ft command line.
+//!
+//! Turns the library crates' typed errors into one readable paragraph and an
+//! exit code: 0 ok, 1 user error or failed check, 2 internal error.
+
+mod doctor;
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+/// LoRA fine-tuning of instruction LLMs on MLX.
+#[derive(Debug, Parser)]
+#[command(name = "ft", version, about, propagate_version = true)]
+struct Cli {
+    /// More detail: the chain of causes of an error, debug logs (-vv: trace).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Check the MLX runtime: version, device, BLAS, matmul speed, gradients.
+    ///
+    /// Example: `ft doctor --json`
+    Doctor(doctor::Args),
+}
+
+/// How a command ended, beyond success.
+#[derive(Debug)]
+pub enum Failure {
+    /// The user's input or environment is wrong (exit code 1).
+    User(anyhow::Error),
+    /// A bug or an unexpected failure inside mlx-ft (exit code 2).
+    Internal(anyhow::Error),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.verbose);
+    let outcome = match cli.command {
+        Command::Doctor(args) => doctor::run(&args),
+    };
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure::User(error)) => {
+            report(&error, cli.verbose);
+            ExitCode::from(1)
+        }
+        Err(Failure::Internal(error)) => {
+            report(&error, cli.verbose);
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn report(error: &anyhow::Error, verbose: u8) {
+    if verbose > 0 {
+        eprintln!("error: {error:?}");
+    } else {
+        eprintln!("error: {error}");
+    }
+}
+
+fn init_logging(verbose: u8) {
+    let default = match verbose {
+        0 => "warn",
+        1 => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("FT_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}

@@ -1,0 +1,265 @@
+//! Checks of the MLX runtime this process runs on: version, default device,
+//! the BLAS library MLX's matrix products actually go to, a measured fp32
+//! matmul rate and a gradient check. `ft doctor` prints these.
+
+use crate::{Error, Result};
+use mlx_rs::{random, Array, Device, DeviceType};
+use serde::Serialize;
+use std::ffi::{c_char, CStr, CString};
+use std::time::{Duration, Instant};
+
+/// The MLX version libmlx reports, e.g. `0.32.2`.
+pub fn mlx_version() -> String {
+    // SAFETY: mlx_version writes an owned mlx_string that we read and free.
+    unsafe {
+        let mut version = mlx_sys::mlx_string_new();
+        mlx_sys::mlx_version(&mut version);
+        let data = mlx_sys::mlx_string_data(version);
+        let text = if data.is_null() {
+            String::from("unknown")
+        } else {
+            CStr::from_ptr(data).to_string_lossy().into_owned()
+        };
+        mlx_sys::mlx_string_free(version);
+        text
+    }
+}
+
+/// `cpu` or `gpu`: where MLX runs operations by default.
+pub fn default_device() -> Result<&'static str> {
+    let device = Device::try_default()?;
+    Ok(match device.get_type()? {
+        DeviceType::Cpu => "cpu",
+        DeviceType::Gpu => "gpu",
+    })
+}
+
+/// Which BLAS library MLX's `cblas_sgemm` calls resolve to in this process.
+#[derive(Clone, Debug, Serialize)]
+pub struct BlasBinding {
+    /// A short human name, e.g. `OpenBLAS 0.3.34 (SapphireRapids)`.
+    pub name: String,
+    /// The loaded file that provides `cblas_sgemm` (what libmlx binds to).
+    pub sgemm_library: Option<String>,
+    /// The loaded file that does the work when `sgemm_library` forwards to
+    /// another one (mlx-ft's shim on Linux forwards to OpenBLAS).
+    pub backend_library: Option<String>,
+    /// OpenBLAS's own build description, when OpenBLAS is loaded.
+    pub openblas_config: Option<String>,
+    /// The CPU kernel OpenBLAS selected, when OpenBLAS is loaded.
+    pub openblas_core: Option<String>,
+}
+
+/// Looks the BLAS up in the running process with `dlsym`/`dladdr`.
+pub fn blas_binding() -> BlasBinding {
+    let sgemm_library = library_defining("cblas_sgemm");
+    let backend_library = library_defining("scipy_cblas_sgemm");
+    let openblas_config = ["openblas_get_config", "scipy_openblas_get_config"]
+        .iter()
+        .find_map(|symbol| call_string_getter(symbol));
+    let openblas_core = ["openblas_get_corename", "scipy_openblas_get_corename"]
+        .iter()
+        .find_map(|symbol| call_string_getter(symbol));
+    let worker = backend_library.as_deref().or(sgemm_library.as_deref()).unwrap_or("");
+    let name = if let Some(config) = &openblas_config {
+        let version = config.split_whitespace().take(2).collect::<Vec<_>>().join(" ");
+        match &openblas_core {
+            Some(core) => format!("{version} ({core})"),
+            None => version,
+        }
+    } else if worker.contains("Accelerate") || worker.contains("vecLib") {
+        "Apple Accelerate".to_string()
+    } else if worker.contains("mkl") {
+        "Intel MKL".to_string()
+    } else if worker.contains("blis") {
+        "BLIS".to_string()
+    } else if worker.contains("libblas") {
+        "reference BLAS (Netlib)".to_string()
+    } else if worker.is_empty() {
+        "none found".to_string()
+    } else {
+        "unknown".to_string()
+    };
+    BlasBinding {
+        name,
+        sgemm_library,
+        backend_library,
+        openblas_config,
+        openblas_core,
+    }
+}
+
+fn symbol_address(symbol: &str) -> Option<*mut libc::c_void> {
+    let name = CString::new(symbol).ok()?;
+    // SAFETY: dlsym with RTLD_DEFAULT searches the global scope; no unload.
+    let address = unsafe { libc::dlsym(libc::RTLD_DEFAULT, name.as_ptr()) };
+    (!address.is_null()).then_some(address)
+}
+
+fn library_defining(symbol: &str) -> Option<String> {
+    let address = symbol_address(symbol)?;
+    // SAFETY: dladdr fills `info` for an address inside a loaded object.
+    unsafe {
+        let mut info: libc::Dl_info = std::mem::zeroed();
+        if libc::dladdr(address, &mut info) == 0 || info.dli_fname.is_null() {
+            return None;
+        }
+        let path = CStr::from_ptr(info.dli_fname).to_string_lossy().into_owned();
+        Some(std::fs::canonicalize(&path).map_or(path, |p| p.display().to_string()))
+    }
+}
+
+fn call_string_getter(symbol: &str) -> Option<String> {
+    let address = symbol_address(symbol)?;
+    // SAFETY: OpenBLAS's `*_get_config` / `*_get_corename` take no arguments
+    // and return a static NUL-terminated string.
+    unsafe {
+        let getter: extern "C" fn() -> *const c_char = std::mem::transmute(address);
+        let text = getter();
+        (!text.is_null()).then(|| CStr::from_ptr(text).to_string_lossy().trim().to_string())
+    }
+}
+
+/// A timed fp32 square matrix product.
+#[derive(Clone, Debug, Serialize)]
+pub struct MatmulRate {
+    /// Matrix size n (n x n times n x n).
+    pub n: usize,
+    /// Timed repetitions (after one warm-up).
+    pub repetitions: usize,
+    /// Achieved rate, 2 n^3 per product.
+    pub gflops: f64,
+    /// Largest relative error of a corner of the product against f64 sums.
+    pub max_relative_error: f64,
+}
+
+/// Times `n x n` fp32 matmuls for about `budget` and checks a corner of the
+/// result against a float64 computation.
+pub fn measure_matmul(n: usize, budget: Duration) -> Result<MatmulRate> {
+    let side = n as i32;
+    let key = random::key(7)?;
+    let keys = random::split(&key, 2)?;
+    let a = random::normal::<f32>(&[side, side][..], None, None, &keys.0)?;
+    let b = random::normal::<f32>(&[side, side][..], None, None, &keys.1)?;
+    a.eval()?;
+    b.eval()?;
+    let product = a.matmul(&b)?;
+    product.eval()?;
+
+    let mut repetitions = 0;
+    let started = Instant::now();
+    while repetitions < 3 || (started.elapsed() < budget && repetitions < 200) {
+        a.matmul(&b)?.eval()?;
+        repetitions += 1;
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let gflops = 2.0 * (n as f64).powi(3) * repetitions as f64 / seconds / 1e9;
+
+    let (a_data, b_data, c_data) = (a.as_slice::<f32>(), b.as_slice::<f32>(), product.as_slice::<f32>());
+    let corner = n.min(8);
+    let mut max_relative_error = 0.0_f64;
+    for row in 0..corner {
+        for col in 0..corner {
+            let exact: f64 = (0..n)
+                .map(|k| f64::from(a_data[row * n + k]) * f64::from(b_data[k * n + col]))
+                .sum();
+            let magnitude: f64 = (0..n)
+                .map(|k| (f64::from(a_data[row * n + k]) * f64::from(b_data[k * n + col])).abs())
+                .sum();
+            let error = (f64::from(c_data[row * n + col]) - exact).abs() / magnitude.max(1e-30);
+            max_relative_error = max_relative_error.max(error);
+        }
+    }
+    if max_relative_error > 1e-5 {
+        return Err(Error::CheckFailed {
+            check: "fp32 matmul accuracy",
+            expected: "relative error <= 1e-5".into(),
+            got: format!("{max_relative_error:e}"),
+        });
+    }
+    Ok(MatmulRate {
+        n,
+        repetitions,
+        gflops,
+        max_relative_error,
+    })
+}
+
+/// `value_and_grad` of f(x) = sum(x^3 + sin x) against f' = 3x^2 + cos x.
+#[derive(Clone, Debug, Serialize)]
+pub struct GradientCheck {
+    /// Largest absolute difference between MLX's and the analytic gradient.
+    pub max_abs_error: f64,
+    /// Difference between MLX's and the analytic value of f.
+    pub value_error: f64,
+}
+
+/// Runs the gradient check; an error above 1e-5 is [`Error::CheckFailed`].
+pub fn gradient_check() -> Result<GradientCheck> {
+    let points = [-1.5_f32, -0.3, 0.0, 0.7, 2.0];
+    let x = Array::from_slice(&points, &[points.len() as i32]);
+    let f = |inputs: &[Array]| -> mlx_rs::error::Result<Vec<Array>> {
+        let x = &inputs[0];
+        let cubed = x.multiply(x)?.multiply(x)?;
+        Ok(vec![cubed.add(x.sin()?)?.sum(None)?])
+    };
+    let (values, grads) = mlx_rs::transforms::value_and_grad(f)(&[x])?;
+    let value = f64::from(values[0].as_slice::<f32>().first().copied().unwrap_or(f32::NAN));
+    let expected_value: f64 = points
+        .iter()
+        .map(|&p| f64::from(p).powi(3) + f64::from(p).sin())
+        .sum();
+    let max_abs_error = grads[0]
+        .as_slice::<f32>()
+        .iter()
+        .zip(points)
+        .map(|(&got, p)| (f64::from(got) - (3.0 * f64::from(p).powi(2) + f64::from(p).cos())).abs())
+        .fold(0.0, f64::max);
+    let check = GradientCheck {
+        max_abs_error,
+        value_error: (value - expected_value).abs(),
+    };
+    if check.max_abs_error > 1e-5 || check.value_error > 1e-5 {
+        return Err(Error::CheckFailed {
+            check: "value_and_grad of sum(x^3 + sin x)",
+            expected: "errors <= 1e-5".into(),
+            got: format!("{check:?}"),
+        });
+    }
+    Ok(check)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn version_is_the_pinned_release_or_newer() {
+        let version = mlx_version();
+        assert!(version.starts_with("0."), "unexpected MLX version {version}");
+    }
+
+    #[test]
+    fn gradient_matches_the_analytic_derivative() {
+        let check = gradient_check().expect("gradient check");
+        assert!(check.max_abs_error <= 1e-5);
+    }
+
+    #[test]
+    fn matmul_is_accurate() {
+        let rate = measure_matmul(128, Duration::from_millis(10)).expect("matmul");
+        assert!(rate.max_relative_error <= 1e-5);
+        assert!(rate.gflops > 0.0);
+    }
+
+    #[test]
+    fn blas_is_found_in_the_process() {
+        // Force libmlx (and its BLAS) to be used at least once.
+        measure_matmul(64, Duration::from_millis(1)).expect("matmul");
+        let blas = blas_binding();
+        assert!(blas.sgemm_library.is_some(), "{blas:?}");
+        if cfg!(target_os = "linux") {
+            assert!(blas.name.starts_with("OpenBLAS"), "{blas:?}");
+        }
+    }
+}

@@ -1,0 +1,109 @@
+//! Project automation for mlx-ft (the rust-analyzer xtask pattern).
+//!
+//! `cargo xtask setup` installs everything a fresh clone needs (system
+//! packages, the MLX runtime, a fast BLAS, the patched mlx crates, the default
+//! model) into git-ignored folders; `test` and `e2e` run it first, so the
+//! README's two commands are all a new machine needs.
+
+mod setup;
+mod shell;
+mod sources;
+
+use anyhow::{bail, Result};
+use std::path::{Path, PathBuf};
+
+const USAGE: &str = "\
+usage: cargo xtask <command> [options]
+
+commands:
+  setup [--backend cpu|cuda12|cuda13]   install prerequisites, MLX runtime, BLAS, patched crates, default model
+  test                                  setup, then fmt --check, clippy -D warnings and the whole test suite
+  e2e                                   setup, then the main job on the built-in default model
+  doctor [--json]                       setup, then `ft doctor`
+
+The MLX backend on Linux can also be chosen with FT_MLX_BACKEND=cpu|cuda12|cuda13;
+the choice is remembered in .ft/backend.";
+
+fn main() {
+    if let Err(error) = run() {
+        eprintln!("error: {error:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let Some(command) = args.first() else {
+        println!("{USAGE}");
+        return Ok(());
+    };
+    let rest = &args[1..];
+    let root = repo_root();
+    match command.as_str() {
+        "setup" => {
+            setup::run(&root, setup::Options::parse(rest)?)?;
+        }
+        "test" => {
+            setup::run(&root, setup::Options::parse(&[])?)?;
+            test(&root, rest)?;
+        }
+        "e2e" => {
+            setup::run(&root, setup::Options::parse(&[])?)?;
+            e2e(&root)?;
+        }
+        "doctor" => {
+            setup::run(&root, setup::Options::parse(&[])?)?;
+            let mut args = vec!["run", "--quiet", "--release", "-p", "ft-cli", "--", "doctor"];
+            args.extend(rest.iter().map(String::as_str));
+            shell::cargo(&root, &args)?;
+        }
+        "help" | "-h" | "--help" => println!("{USAGE}"),
+        other => bail!("unknown command `{other}`\n\n{USAGE}"),
+    }
+    Ok(())
+}
+
+/// The repository root: xtask lives in `<root>/xtask`.
+fn repo_root() -> PathBuf {
+    let manifest_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
+    manifest_dir
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| manifest_dir.to_path_buf())
+}
+
+/// Formatting, lints and every test of the workspace.
+fn test(root: &Path, extra: &[String]) -> Result<()> {
+    shell::step("cargo fmt --check");
+    shell::cargo(root, &["fmt", "--all", "--check"])?;
+    shell::step("cargo clippy --workspace --all-targets -- -D warnings");
+    shell::cargo(
+        root,
+        &["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"],
+    )?;
+    // MLX is not thread-safe: nextest gives every test its own process.
+    let mut args: Vec<&str> = if shell::has_nextest() {
+        shell::step("cargo nextest run --workspace");
+        vec!["nextest", "run", "--workspace", "--no-fail-fast"]
+    } else {
+        shell::step("cargo test --workspace -- --test-threads=1");
+        vec!["test", "--workspace", "--no-fail-fast"]
+    };
+    args.extend(extra.iter().map(String::as_str));
+    if !shell::has_nextest() {
+        args.extend(["--", "--test-threads=1"]);
+    }
+    shell::cargo(root, &args)
+}
+
+/// The main job. Builds `ft` in release mode, checks the runtime with
+/// `ft doctor`, then the steps of the main job.
+fn e2e(root: &Path) -> Result<()> {
+    shell::step("cargo build --release -p ft-cli");
+    shell::cargo(root, &["build", "--release", "-p", "ft-cli"])?;
+    let ft = root.join("target/release/ft");
+    shell::step("ft doctor");
+    shell::run(std::process::Command::new(&ft).arg("doctor").current_dir(root))?;
+    println!("\ne2e: all steps passed");
+    Ok(())
+}
