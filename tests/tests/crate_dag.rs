@@ -17,7 +17,14 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ),
     (
         "ft-cli",
-        &["ft-trainer", "ft-config", "ft-data", "ft-model", "ft-lora", "ft-optim"],
+        &[
+            "ft-trainer",
+            "ft-config",
+            "ft-data",
+            "ft-model",
+            "ft-lora",
+            "ft-optim",
+        ],
     ),
 ];
 
@@ -27,7 +34,13 @@ const OUTSIDE_LAYERS: &[&str] = &["ft-integration-tests", "ft-examples"];
 fn workspace_edges() -> BTreeMap<String, BTreeSet<String>> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let output = Command::new(cargo)
-        .args(["metadata", "--format-version", "1", "--no-deps", "--offline"])
+        .args([
+            "metadata",
+            "--format-version",
+            "1",
+            "--no-deps",
+            "--offline",
+        ])
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .output()
         .expect("cargo metadata runs");

@@ -53,7 +53,15 @@ fn run() -> Result<()> {
         }
         "doctor" => {
             setup::run(&root, setup::Options::parse(&[])?)?;
-            let mut args = vec!["run", "--quiet", "--release", "-p", "ft-cli", "--", "doctor"];
+            let mut args = vec![
+                "run",
+                "--quiet",
+                "--release",
+                "-p",
+                "ft-cli",
+                "--",
+                "doctor",
+            ];
             args.extend(rest.iter().map(String::as_str));
             shell::cargo(&root, &args)?;
         }
@@ -79,7 +87,14 @@ fn test(root: &Path, extra: &[String]) -> Result<()> {
     shell::step("cargo clippy --workspace --all-targets -- -D warnings");
     shell::cargo(
         root,
-        &["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"],
+        &[
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ],
     )?;
     // MLX is not thread-safe: nextest gives every test its own process.
     let mut args: Vec<&str> = if shell::has_nextest() {
@@ -103,7 +118,11 @@ fn e2e(root: &Path) -> Result<()> {
     shell::cargo(root, &["build", "--release", "-p", "ft-cli"])?;
     let ft = root.join("target/release/ft");
     shell::step("ft doctor");
-    shell::run(std::process::Command::new(&ft).arg("doctor").current_dir(root))?;
+    shell::run(
+        std::process::Command::new(&ft)
+            .arg("doctor")
+            .current_dir(root),
+    )?;
     println!("\ne2e: all steps passed");
     Ok(())
 }

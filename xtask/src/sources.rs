@@ -164,10 +164,16 @@ fn registry_source(root: &Path, ft: &Path, name: &str, version: &str) -> Result<
     fs::write(fetch_dir.join("src/lib.rs"), "")?;
     shell::cargo(
         root,
-        &["fetch", "--manifest-path", &path_str(&fetch_dir.join("Cargo.toml"))],
+        &[
+            "fetch",
+            "--manifest-path",
+            &path_str(&fetch_dir.join("Cargo.toml")),
+        ],
     )?;
     find_in_registry(name, version).with_context(|| {
-        format!("cargo fetched {name} {version} but its source is not under $CARGO_HOME/registry/src")
+        format!(
+            "cargo fetched {name} {version} but its source is not under $CARGO_HOME/registry/src"
+        )
     })
 }
 

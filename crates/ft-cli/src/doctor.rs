@@ -53,7 +53,11 @@ pub fn run(args: &Args) -> Result<(), Failure> {
     let blas = runtime::blas_binding();
     let blas_ok = !(on_cpu && (blas.name.starts_with("reference") || blas.name == "none found"));
     let mut blas_detail = blas.name.clone();
-    if let Some(library) = blas.backend_library.as_ref().or(blas.sgemm_library.as_ref()) {
+    if let Some(library) = blas
+        .backend_library
+        .as_ref()
+        .or(blas.sgemm_library.as_ref())
+    {
         blas_detail.push_str(&format!(" [{library}]"));
     }
     checks.push(Check {

@@ -60,9 +60,16 @@ pub fn blas_binding() -> BlasBinding {
     let openblas_core = ["openblas_get_corename", "scipy_openblas_get_corename"]
         .iter()
         .find_map(|symbol| call_string_getter(symbol));
-    let worker = backend_library.as_deref().or(sgemm_library.as_deref()).unwrap_or("");
+    let worker = backend_library
+        .as_deref()
+        .or(sgemm_library.as_deref())
+        .unwrap_or("");
     let name = if let Some(config) = &openblas_config {
-        let version = config.split_whitespace().take(2).collect::<Vec<_>>().join(" ");
+        let version = config
+            .split_whitespace()
+            .take(2)
+            .collect::<Vec<_>>()
+            .join(" ");
         match &openblas_core {
             Some(core) => format!("{version} ({core})"),
             None => version,
@@ -104,7 +111,9 @@ fn library_defining(symbol: &str) -> Option<String> {
         if libc::dladdr(address, &mut info) == 0 || info.dli_fname.is_null() {
             return None;
         }
-        let path = CStr::from_ptr(info.dli_fname).to_string_lossy().into_owned();
+        let path = CStr::from_ptr(info.dli_fname)
+            .to_string_lossy()
+            .into_owned();
         Some(std::fs::canonicalize(&path).map_or(path, |p| p.display().to_string()))
     }
 }
@@ -155,7 +164,11 @@ pub fn measure_matmul(n: usize, budget: Duration) -> Result<MatmulRate> {
     let seconds = started.elapsed().as_secs_f64();
     let gflops = 2.0 * (n as f64).powi(3) * repetitions as f64 / seconds / 1e9;
 
-    let (a_data, b_data, c_data) = (a.as_slice::<f32>(), b.as_slice::<f32>(), product.as_slice::<f32>());
+    let (a_data, b_data, c_data) = (
+        a.as_slice::<f32>(),
+        b.as_slice::<f32>(),
+        product.as_slice::<f32>(),
+    );
     let corner = n.min(8);
     let mut max_relative_error = 0.0_f64;
     for row in 0..corner {
@@ -204,7 +217,13 @@ pub fn gradient_check() -> Result<GradientCheck> {
         Ok(vec![cubed.add(x.sin()?)?.sum(None)?])
     };
     let (values, grads) = mlx_rs::transforms::value_and_grad(f)(&[x])?;
-    let value = f64::from(values[0].as_slice::<f32>().first().copied().unwrap_or(f32::NAN));
+    let value = f64::from(
+        values[0]
+            .as_slice::<f32>()
+            .first()
+            .copied()
+            .unwrap_or(f32::NAN),
+    );
     let expected_value: f64 = points
         .iter()
         .map(|&p| f64::from(p).powi(3) + f64::from(p).sin())
@@ -236,7 +255,10 @@ mod tests {
     #[test]
     fn version_is_the_pinned_release_or_newer() {
         let version = mlx_version();
-        assert!(version.starts_with("0."), "unexpected MLX version {version}");
+        assert!(
+            version.starts_with("0."),
+            "unexpected MLX version {version}"
+        );
     }
 
     #[test]
