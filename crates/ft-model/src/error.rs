@@ -17,6 +17,36 @@ pub enum Error {
         /// What MLX reported.
         message: String,
     },
+    /// A file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file involved.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// config.json (or GGUF metadata) is missing a field or has a wrong one.
+    #[error("{path}: {message}")]
+    Config {
+        /// The file involved.
+        path: PathBuf,
+        /// What is wrong, naming the field.
+        message: String,
+    },
+    /// The checkpoint's tensors do not match the architecture.
+    #[error("{path}: {message}")]
+    Weights {
+        /// The checkpoint file or directory.
+        path: PathBuf,
+        /// Which tensors are missing, unexpected or misshapen.
+        message: String,
+    },
+    /// A model name or path that is neither a directory, a GGUF file nor a built-in name.
+    #[error("model `{0}` not found: expected a model directory (config.json + *.safetensors), a .gguf file, or a built-in name ({1})")]
+    ModelNotFound(String, String),
+    /// A generation or forward request that cannot be served.
+    #[error("{0}")]
+    InvalidRequest(String),
     /// A runtime self-check produced a wrong number.
     #[error("{check}: expected {expected}, got {got}")]
     CheckFailed {

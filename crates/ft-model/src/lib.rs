@@ -5,9 +5,22 @@
 //! logits out), and checks of the MLX runtime underneath (`runtime`).
 //!
 //! It must not know about text (tokenizers, chat templates: `ft-data`),
-//! adapters (`ft-lora`) or training (`ft-trainer`).
+//! adapters (`ft-lora`, which plugs in through [`LinearAdapter`]) or
+//! training (`ft-trainer`).
 
+pub mod config;
 pub mod error;
+pub mod generate;
+pub mod gguf;
+pub mod layers;
+pub mod load;
+pub mod model;
 pub mod runtime;
+pub mod tiny;
 
+pub use config::ModelArgs;
 pub use error::{Error, Result};
+pub use layers::{Linear, Weight};
+pub use model::{AttentionScope, KvCache, LinearAdapter, Model, NoAdapter, Projection};
+pub use generate::{generate, Generation, SamplingOptions, StopReason};
+pub use load::{load_model, LoadOptions, ModelSource};

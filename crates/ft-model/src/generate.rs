@@ -1,0 +1,307 @@
+//! Decoding with a KV cache: chunked prompt processing, then one token at a
+//! time with greedy or temperature / top-k / top-p sampling, a repetition
+//! penalty, a seed, a token budget and stop ids; each token is streamed to a
+//! callback.
+
+use crate::model::{AttentionScope, KvCache, LinearAdapter, Model};
+use crate::{Error, Result};
+use mlx_rs::{Array, Dtype};
+use std::time::Instant;
+
+/// How to pick tokens.
+#[derive(Clone, Debug)]
+pub struct SamplingOptions {
+    /// 0 means greedy (argmax).
+    pub temperature: f32,
+    /// Nucleus sampling mass in (0, 1]; 1 disables it.
+    pub top_p: f32,
+    /// Keep only the k most likely tokens; 0 disables it.
+    pub top_k: usize,
+    /// > 1 discourages tokens already in the context (CTRL-style).
+    pub repetition_penalty: f32,
+    /// How many recent tokens the penalty looks at.
+    pub repetition_context: usize,
+    /// Seed of the sampling random stream.
+    pub seed: u64,
+    /// Most tokens to generate.
+    pub max_tokens: usize,
+    /// Generation stops after any of these ids (it is included in the output).
+    pub stop_ids: Vec<u32>,
+    /// Prompt tokens processed per forward pass.
+    pub prefill_chunk: usize,
+}
+
+impl Default for SamplingOptions {
+    fn default() -> Self {
+        Self {
+            temperature: 0.0,
+            top_p: 1.0,
+            top_k: 0,
+            repetition_penalty: 1.0,
+            repetition_context: 64,
+            seed: 0,
+            max_tokens: 256,
+            stop_ids: Vec::new(),
+            prefill_chunk: 512,
+        }
+    }
+}
+
+/// Why generation ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StopReason {
+    /// A stop id was produced.
+    StopToken,
+    /// `max_tokens` were produced.
+    MaxTokens,
+    /// The callback asked to stop.
+    Cancelled,
+}
+
+/// The result of [`generate`].
+#[derive(Clone, Debug)]
+pub struct Generation {
+    /// Generated ids (without the prompt).
+    pub tokens: Vec<u32>,
+    /// Why it ended.
+    pub stop_reason: StopReason,
+    /// Prompt length.
+    pub prompt_tokens: usize,
+    /// Seconds spent on the prompt (up to the first token).
+    pub prompt_seconds: f64,
+    /// Seconds spent producing the remaining tokens.
+    pub decode_seconds: f64,
+}
+
+/// Generates after `prompt`; `on_token` sees each new id and returns
+/// `false` to stop early.
+pub fn generate(
+    model: &Model,
+    adapter: &dyn LinearAdapter,
+    prompt: &[u32],
+    options: &SamplingOptions,
+    on_token: &mut dyn FnMut(u32) -> bool,
+) -> Result<Generation> {
+    if prompt.is_empty() {
+        return Err(Error::InvalidRequest("the prompt has no tokens".into()));
+    }
+    if let Some(&bad) = prompt.iter().find(|&&id| id as usize >= model.args.vocab_size) {
+        return Err(Error::InvalidRequest(format!(
+            "token id {bad} is outside the vocabulary (size {})",
+            model.args.vocab_size
+        )));
+    }
+    let started = Instant::now();
+    let mut cache = KvCache::new(model.args.num_layers);
+    let chunk = options.prefill_chunk.max(1);
+    let mut last_hidden = None;
+    for piece in prompt.chunks(chunk) {
+        let ids = ids_array(piece);
+        let hidden =
+            model.hidden_states(&ids, adapter, Some(&mut cache), AttentionScope::Causal)?;
+        let last = hidden.take_axis(Array::from_int(piece.len() as i32 - 1), 1)?;
+        last.eval()?;
+        last_hidden = Some(last);
+    }
+    let Some(last_hidden) = last_hidden else {
+        return Err(Error::InvalidRequest("the prompt has no tokens".into()));
+    };
+    let mut logits = model.logits(&last_hidden)?;
+    let mut sampler = Sampler::new(options.seed);
+    let mut context: Vec<u32> = prompt.to_vec();
+    let mut tokens = Vec::new();
+    let mut prompt_seconds = None;
+    let mut decode_started = Instant::now();
+    let stop_reason = loop {
+        let values = host_logits(&logits)?;
+        let next = sampler.pick(values, &context, options);
+        if prompt_seconds.is_none() {
+            prompt_seconds = Some(started.elapsed().as_secs_f64());
+            decode_started = Instant::now();
+        }
+        tokens.push(next);
+        context.push(next);
+        if !on_token(next) {
+            break StopReason::Cancelled;
+        }
+        if options.stop_ids.contains(&next) {
+            break StopReason::StopToken;
+        }
+        if tokens.len() >= options.max_tokens {
+            break StopReason::MaxTokens;
+        }
+        logits = model.forward(
+            &ids_array(&[next]),
+            adapter,
+            Some(&mut cache),
+            AttentionScope::Causal,
+        )?;
+    };
+    Ok(Generation {
+        tokens,
+        stop_reason,
+        prompt_tokens: prompt.len(),
+        prompt_seconds: prompt_seconds.unwrap_or(0.0),
+        decode_seconds: decode_started.elapsed().as_secs_f64(),
+    })
+}
+
+fn ids_array(ids: &[u32]) -> Array {
+    let ids: Vec<i32> = ids.iter().map(|&id| id as i32).collect();
+    Array::from_slice(&ids, &[1, ids.len() as i32])
+}
+
+fn host_logits(logits: &Array) -> Result<Vec<f32>> {
+    let flat = logits.reshape(&[-1])?.as_dtype(Dtype::Float32)?;
+    flat.eval()?;
+    Ok(flat.as_slice::<f32>().to_vec())
+}
+
+/// Token choice on the host: the vocabulary is small next to the cost of a
+/// forward pass, and a host RNG makes seeds exact across backends.
+struct Sampler {
+    state: u64,
+}
+
+impl Sampler {
+    fn new(seed: u64) -> Self {
+        Self {
+            state: seed ^ 0x9E37_79B9_7F4A_7C15,
+        }
+    }
+
+    /// splitmix64, uniform in [0, 1).
+    fn uniform(&mut self) -> f64 {
+        self.state = self.state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^= z >> 31;
+        (z >> 11) as f64 / (1_u64 << 53) as f64
+    }
+
+    fn pick(&mut self, mut logits: Vec<f32>, context: &[u32], options: &SamplingOptions) -> u32 {
+        if options.repetition_penalty != 1.0 {
+            let start = context.len().saturating_sub(options.repetition_context);
+            for &id in &context[start..] {
+                if let Some(value) = logits.get_mut(id as usize) {
+                    *value = if *value > 0.0 {
+                        *value / options.repetition_penalty
+                    } else {
+                        *value * options.repetition_penalty
+                    };
+                }
+            }
+        }
+        if options.temperature <= 0.0 {
+            return argmax(&logits);
+        }
+        let mut order: Vec<usize> = (0..logits.len()).collect();
+        order.sort_unstable_by(|&a, &b| logits[b].total_cmp(&logits[a]));
+        if options.top_k > 0 {
+            order.truncate(options.top_k);
+        }
+        let max = logits[order[0]];
+        let mut weights: Vec<f64> = order
+            .iter()
+            .map(|&i| f64::from((logits[i] - max) / options.temperature).exp())
+            .collect();
+        if options.top_p < 1.0 {
+            let total: f64 = weights.iter().sum();
+            let mut mass = 0.0;
+            let mut keep = weights.len();
+            for (index, weight) in weights.iter().enumerate() {
+                mass += weight / total;
+                if mass >= f64::from(options.top_p) {
+                    keep = index + 1;
+                    break;
+                }
+            }
+            weights.truncate(keep);
+        }
+        let total: f64 = weights.iter().sum();
+        let mut target = self.uniform() * total;
+        for (index, weight) in weights.iter().enumerate() {
+            target -= weight;
+            if target <= 0.0 {
+                return order[index] as u32;
+            }
+        }
+        order[weights.len() - 1] as u32
+    }
+}
+
+fn argmax(values: &[f32]) -> u32 {
+    let mut best = 0;
+    for (index, value) in values.iter().enumerate() {
+        if *value > values[best] {
+            best = index;
+        }
+    }
+    best as u32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn options(temperature: f32) -> SamplingOptions {
+        SamplingOptions {
+            temperature,
+            ..SamplingOptions::default()
+        }
+    }
+
+    #[test]
+    fn greedy_takes_the_largest_logit() {
+        let mut sampler = Sampler::new(1);
+        assert_eq!(sampler.pick(vec![0.1, 3.0, -1.0, 2.9], &[], &options(0.0)), 1);
+    }
+
+    #[test]
+    fn top_k_one_is_greedy_at_any_temperature() {
+        let mut sampler = Sampler::new(7);
+        let opts = SamplingOptions {
+            top_k: 1,
+            ..options(5.0)
+        };
+        for _ in 0..50 {
+            assert_eq!(sampler.pick(vec![0.1, 3.0, -1.0, 2.9], &[], &opts), 1);
+        }
+    }
+
+    #[test]
+    fn top_p_excludes_the_tail() {
+        let mut sampler = Sampler::new(3);
+        let opts = SamplingOptions {
+            top_p: 0.5,
+            ..options(1.0)
+        };
+        // Token 0 holds ~88% of the mass, so top_p 0.5 keeps only it.
+        for _ in 0..50 {
+            assert_eq!(sampler.pick(vec![4.0, 2.0, 0.0], &[], &opts), 0);
+        }
+    }
+
+    #[test]
+    fn same_seed_same_samples() {
+        let draw = |seed| {
+            let mut sampler = Sampler::new(seed);
+            (0..20)
+                .map(|_| sampler.pick(vec![1.0, 1.1, 0.9, 1.05], &[], &options(1.0)))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(draw(42), draw(42));
+        assert_ne!(draw(42), draw(43));
+    }
+
+    #[test]
+    fn repetition_penalty_demotes_seen_tokens() {
+        let mut sampler = Sampler::new(0);
+        let opts = SamplingOptions {
+            repetition_penalty: 2.0,
+            ..options(0.0)
+        };
+        assert_eq!(sampler.pick(vec![3.0, 2.0], &[0], &opts), 1);
+    }
+}

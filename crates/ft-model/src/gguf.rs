@@ -1,0 +1,181 @@
+//! GGUF files through MLX's own loader (`mlx_load_gguf`): tensors come back
+//! as MLX arrays (Q4_0/Q4_1/Q8_0 as MLX affine-quantized triples), metadata
+//! is queried by key.
+
+use crate::{Error, Result};
+use mlx_rs::Array;
+use std::collections::HashMap;
+use std::ffi::{CStr, CString};
+use std::path::{Path, PathBuf};
+
+/// An opened GGUF file.
+pub struct GgufFile {
+    handle: mlx_sys::mlx_io_gguf,
+    path: PathBuf,
+}
+
+impl Drop for GgufFile {
+    fn drop(&mut self) {
+        // SAFETY: the handle came from mlx_load_gguf and is freed once.
+        unsafe {
+            mlx_sys::mlx_io_gguf_free(self.handle);
+        }
+    }
+}
+
+impl GgufFile {
+    /// Opens `path`; a file that is not GGUF (or is truncated) is an error naming it.
+    pub fn open(path: &Path) -> Result<Self> {
+        check_header(path)?;
+        // Make sure mlx-rs's error handler (which records instead of exiting) is installed.
+        mlx_rs::ops::zeros::<f32>(&[1])?.eval()?;
+        let c_path = CString::new(path.to_string_lossy().as_bytes()).map_err(|_| Error::MlxIo {
+            path: path.to_path_buf(),
+            message: "path contains a NUL byte".into(),
+        })?;
+        // SAFETY: plain FFI calls with valid pointers; status checked.
+        unsafe {
+            let mut handle = mlx_sys::mlx_io_gguf_new();
+            let stream = mlx_sys::mlx_default_cpu_stream_new();
+            let status = mlx_sys::mlx_load_gguf(&mut handle, c_path.as_ptr(), stream);
+            mlx_sys::mlx_stream_free(stream);
+            if status != 0 {
+                mlx_sys::mlx_io_gguf_free(handle);
+                return Err(Error::MlxIo {
+                    path: path.to_path_buf(),
+                    message: "MLX could not read this GGUF file (corrupt or unsupported tensor type)"
+                        .into(),
+                });
+            }
+            Ok(Self {
+                handle,
+                path: path.to_path_buf(),
+            })
+        }
+    }
+
+    /// All tensors, by GGUF name (quantized ones as `name.weight`/`.scales`/`.biases`
+    /// or `name`/`name.scales`/... as MLX returns them).
+    pub fn tensors(&self) -> Result<HashMap<String, Array>> {
+        let mut tensors = HashMap::new();
+        // SAFETY: FFI over the handle we own; strings copied before free.
+        unsafe {
+            let mut keys = mlx_sys::mlx_vector_string_new();
+            if mlx_sys::mlx_io_gguf_get_keys(&mut keys, self.handle) != 0 {
+                mlx_sys::mlx_vector_string_free(keys);
+                return Err(self.error("could not list tensors"));
+            }
+            let count = mlx_sys::mlx_vector_string_size(keys);
+            for index in 0..count {
+                let mut raw: *mut std::ffi::c_char = std::ptr::null_mut();
+                if mlx_sys::mlx_vector_string_get(&mut raw, keys, index) != 0 || raw.is_null() {
+                    continue;
+                }
+                let key = CStr::from_ptr(raw).to_string_lossy().into_owned();
+                let c_key = CString::new(key.clone()).unwrap_or_default();
+                let mut array = mlx_sys::mlx_array_new();
+                if mlx_sys::mlx_io_gguf_get_array(&mut array, self.handle, c_key.as_ptr()) != 0 {
+                    mlx_sys::mlx_array_free(array);
+                    mlx_sys::mlx_vector_string_free(keys);
+                    return Err(self.error(&format!("could not read tensor {key}")));
+                }
+                tensors.insert(key, Array::from_ptr(array));
+            }
+            mlx_sys::mlx_vector_string_free(keys);
+        }
+        Ok(tensors)
+    }
+
+    /// A string metadata value, if present.
+    pub fn metadata_string(&self, key: &str) -> Option<String> {
+        let c_key = CString::new(key).ok()?;
+        // SAFETY: FFI over the handle we own; the string is copied before free.
+        unsafe {
+            let mut present = false;
+            mlx_sys::mlx_io_gguf_has_metadata_string(&mut present, self.handle, c_key.as_ptr());
+            if !present {
+                return None;
+            }
+            let mut value = mlx_sys::mlx_string_new();
+            let status =
+                mlx_sys::mlx_io_gguf_get_metadata_string(&mut value, self.handle, c_key.as_ptr());
+            let data = mlx_sys::mlx_string_data(value);
+            let text = (status == 0 && !data.is_null())
+                .then(|| CStr::from_ptr(data).to_string_lossy().into_owned());
+            mlx_sys::mlx_string_free(value);
+            text
+        }
+    }
+
+    /// A numeric metadata value (or array of them), if present.
+    pub fn metadata_array(&self, key: &str) -> Option<Array> {
+        let c_key = CString::new(key).ok()?;
+        // SAFETY: FFI over the handle we own.
+        unsafe {
+            let mut present = false;
+            mlx_sys::mlx_io_gguf_has_metadata_array(&mut present, self.handle, c_key.as_ptr());
+            if !present {
+                return None;
+            }
+            let mut array = mlx_sys::mlx_array_new();
+            if mlx_sys::mlx_io_gguf_get_metadata_array(&mut array, self.handle, c_key.as_ptr()) != 0
+            {
+                mlx_sys::mlx_array_free(array);
+                return None;
+            }
+            Some(Array::from_ptr(array))
+        }
+    }
+
+    /// A scalar metadata value as f64, if present.
+    pub fn metadata_number(&self, key: &str) -> Option<f64> {
+        let array = self.metadata_array(key)?;
+        let array = array.as_dtype(mlx_rs::Dtype::Float64).ok()?;
+        array.eval().ok()?;
+        array.as_slice::<f64>().first().copied()
+    }
+
+    /// The file path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn error(&self, message: &str) -> Error {
+        Error::MlxIo {
+            path: self.path.clone(),
+            message: message.to_string(),
+        }
+    }
+}
+
+/// Rejects files that are not GGUF or are shorter than their header says,
+/// before native code sees them.
+fn check_header(path: &Path) -> Result<()> {
+    use std::io::Read;
+    let mut file = std::fs::File::open(path).map_err(|source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let mut magic = [0_u8; 8];
+    let read = file.read(&mut magic).map_err(|source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    if read < 8 || &magic[..4] != b"GGUF" {
+        return Err(Error::MlxIo {
+            path: path.to_path_buf(),
+            message: format!(
+                "not a GGUF file: expected the magic bytes `GGUF`, got {:?}",
+                String::from_utf8_lossy(&magic[..read.min(4)])
+            ),
+        });
+    }
+    let version = u32::from_le_bytes([magic[4], magic[5], magic[6], magic[7]]);
+    if !(2..=3).contains(&version) {
+        return Err(Error::MlxIo {
+            path: path.to_path_buf(),
+            message: format!("unsupported GGUF version {version} (supported: 2, 3)"),
+        });
+    }
+    Ok(())
+}

@@ -1,0 +1,490 @@
+//! Loading a model: a directory with config.json and (sharded) safetensors,
+//! a GGUF file, or a built-in short name. Tensor names are checked strictly:
+//! missing, unexpected and misshapen tensors are errors that list the names.
+
+use crate::config::ModelArgs;
+use crate::gguf::GgufFile;
+use crate::layers::{Linear, Weight};
+use crate::model::{Attention, DecoderLayer, Mlp, Model, Projection};
+use crate::{Error, Result};
+use mlx_rs::{Array, Dtype};
+use std::collections::{BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+
+/// Built-in models: short name and file name under the models directory.
+pub const BUILTIN_MODELS: &[(&str, &str)] =
+    &[("smollm2-135m-instruct", "SmolLM2-135M-Instruct.Q4_1.gguf")];
+
+/// The directory `cargo xtask setup` installs built-in models into:
+/// `$FT_MODELS_DIR`, else `<checkout>/.ft/models`.
+pub fn models_dir() -> PathBuf {
+    std::env::var_os("FT_MODELS_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.ft/models"))
+}
+
+/// How to turn the checkpoint's tensors into the model's.
+#[derive(Clone, Debug, Default)]
+pub struct LoadOptions {
+    /// Cast dense weights (and quantization scales) to this dtype.
+    pub dtype: Option<Dtype>,
+    /// Dequantize quantized checkpoints to dense weights.
+    pub dequantize: bool,
+    /// Quantize dense linear layers on load: `(group_size, bits)`.
+    pub quantize: Option<(i32, i32)>,
+}
+
+/// Where a model came from.
+#[derive(Clone, Debug)]
+pub enum ModelSource {
+    /// A Hugging Face style directory.
+    Directory(PathBuf),
+    /// A GGUF file.
+    Gguf(PathBuf),
+}
+
+impl ModelSource {
+    /// Resolves a directory, a `.gguf` file or a built-in name.
+    pub fn resolve(name_or_path: &str) -> Result<Self> {
+        let path = Path::new(name_or_path);
+        if path.is_dir() {
+            return Ok(Self::Directory(path.to_path_buf()));
+        }
+        if path.is_file() {
+            return Ok(Self::Gguf(path.to_path_buf()));
+        }
+        if let Some((_, file)) = BUILTIN_MODELS.iter().find(|(name, _)| *name == name_or_path) {
+            let path = models_dir().join(file);
+            if path.is_file() {
+                return Ok(Self::Gguf(path));
+            }
+            return Err(Error::ModelNotFound(
+                format!("{name_or_path} ({} is missing: run `cargo xtask setup`)", path.display()),
+                builtin_names(),
+            ));
+        }
+        Err(Error::ModelNotFound(name_or_path.to_string(), builtin_names()))
+    }
+
+    /// The file or directory.
+    pub fn path(&self) -> &Path {
+        match self {
+            Self::Directory(path) | Self::Gguf(path) => path,
+        }
+    }
+}
+
+fn builtin_names() -> String {
+    BUILTIN_MODELS
+        .iter()
+        .map(|(name, _)| *name)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Loads a model by directory, GGUF path or built-in name.
+pub fn load_model(name_or_path: &str, options: &LoadOptions) -> Result<Model> {
+    // Float32 unless asked otherwise: the fast path on CPU, exact for checks.
+    let options = &LoadOptions {
+        dtype: Some(options.dtype.unwrap_or(Dtype::Float32)),
+        ..options.clone()
+    };
+    let source = ModelSource::resolve(name_or_path)?;
+    let (args, tensors) = match &source {
+        ModelSource::Directory(dir) => {
+            let args = ModelArgs::from_config_file(&dir.join("config.json"))?;
+            (args, read_safetensors_dir(dir)?)
+        }
+        ModelSource::Gguf(path) => read_gguf(path)?,
+    };
+    assemble(args, tensors, source.path(), options)
+}
+
+/// All tensors of a directory: `model.safetensors.index.json` shards, or
+/// every `*.safetensors` file.
+pub fn read_safetensors_dir(dir: &Path) -> Result<HashMap<String, Array>> {
+    let index_path = dir.join("model.safetensors.index.json");
+    let files: Vec<PathBuf> = if index_path.is_file() {
+        let text = std::fs::read_to_string(&index_path).map_err(|source| Error::Io {
+            path: index_path.clone(),
+            source,
+        })?;
+        let index: serde_json::Value =
+            serde_json::from_str(&text).map_err(|error| Error::Config {
+                path: index_path.clone(),
+                message: error.to_string(),
+            })?;
+        let map = index["weight_map"].as_object().ok_or_else(|| Error::Config {
+            path: index_path.clone(),
+            message: "field `weight_map`: expected an object of tensor name -> shard file".into(),
+        })?;
+        let shards: BTreeSet<&str> = map.values().filter_map(|v| v.as_str()).collect();
+        shards.into_iter().map(|shard| dir.join(shard)).collect()
+    } else {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+            .map_err(|source| Error::Io {
+                path: dir.to_path_buf(),
+                source,
+            })?
+            .flatten()
+            .map(|entry| entry.path())
+            .filter(|path| path.extension().is_some_and(|ext| ext == "safetensors"))
+            .collect();
+        files.sort();
+        files
+    };
+    if files.is_empty() {
+        return Err(Error::Weights {
+            path: dir.to_path_buf(),
+            message: "no *.safetensors file in the model directory".into(),
+        });
+    }
+    let mut tensors = HashMap::new();
+    for file in files {
+        if !file.is_file() {
+            return Err(Error::Weights {
+                path: file,
+                message: "shard named in model.safetensors.index.json is missing".into(),
+            });
+        }
+        let loaded = Array::load_safetensors(&file).map_err(|error| Error::MlxIo {
+            path: file.clone(),
+            message: error.to_string(),
+        })?;
+        tensors.extend(loaded);
+    }
+    Ok(tensors)
+}
+
+/// Reads a GGUF file: architecture from its metadata, tensors renamed to
+/// Hugging Face keys, llama.cpp's Q/K row permutation undone.
+pub fn read_gguf(path: &Path) -> Result<(ModelArgs, HashMap<String, Array>)> {
+    let file = GgufFile::open(path)?;
+    let arch = file
+        .metadata_string("general.architecture")
+        .unwrap_or_default();
+    if arch != "llama" {
+        return Err(Error::Config {
+            path: path.to_path_buf(),
+            message: format!(
+                "metadata `general.architecture`: expected `llama` (Llama/Mistral family), got `{arch}`"
+            ),
+        });
+    }
+    let number = |key: &str| -> Result<f64> {
+        file.metadata_number(key).ok_or_else(|| Error::Config {
+            path: path.to_path_buf(),
+            message: format!("metadata `{key}` is missing"),
+        })
+    };
+    let raw_tensors = file.tensors()?;
+    let hidden_size = number("llama.embedding_length")? as usize;
+    let num_heads = number("llama.attention.head_count")? as usize;
+    let num_kv_heads = file
+        .metadata_number("llama.attention.head_count_kv")
+        .map_or(num_heads, |n| n as usize);
+    let vocab_size = match file.metadata_number("llama.vocab_size") {
+        Some(n) => n as usize,
+        None => raw_tensors
+            .get("token_embd.weight")
+            .map_or(0, |t| t.shape()[0] as usize),
+    };
+    let head_dim = file
+        .metadata_number("llama.rope.dimension_count")
+        .map_or(hidden_size / num_heads.max(1), |n| n as usize);
+    let hf = crate::config::HfConfig {
+        architectures: vec!["LlamaForCausalLM".into()],
+        model_type: Some("llama".into()),
+        hidden_size,
+        intermediate_size: number("llama.feed_forward_length")? as usize,
+        num_hidden_layers: number("llama.block_count")? as usize,
+        num_attention_heads: num_heads,
+        num_key_value_heads: Some(num_kv_heads),
+        head_dim: Some(head_dim),
+        vocab_size,
+        rms_norm_eps: file
+            .metadata_number("llama.attention.layer_norm_rms_epsilon")
+            .unwrap_or(1e-5) as f32,
+        rope_theta: file
+            .metadata_number("llama.rope.freq_base")
+            .unwrap_or(10_000.0) as f32,
+        rope_scaling: None,
+        tie_word_embeddings: !raw_tensors.contains_key("output.weight"),
+        sliding_window: None,
+        max_position_embeddings: file
+            .metadata_number("llama.context_length")
+            .map(|n| n as usize),
+        bos_token_id: file
+            .metadata_number("tokenizer.ggml.bos_token_id")
+            .map(|n| n as u32),
+        eos_token_id: file
+            .metadata_number("tokenizer.ggml.eos_token_id")
+            .map(|n| crate::config::EosIds::One(n as u32)),
+        quantization: None,
+        torch_dtype: None,
+    };
+    let args = ModelArgs::from_hf(&hf).map_err(|message| Error::Config {
+        path: path.to_path_buf(),
+        message,
+    })?;
+    let mut tensors = HashMap::with_capacity(raw_tensors.len());
+    for (name, array) in raw_tensors {
+        let hf_name = gguf_to_hf_name(&name).unwrap_or(name);
+        let array = if hf_name.contains(".self_attn.q_proj.") {
+            unpermute_rows(&array, args.num_heads)?
+        } else if hf_name.contains(".self_attn.k_proj.") {
+            unpermute_rows(&array, args.num_kv_heads)?
+        } else {
+            array
+        };
+        tensors.insert(hf_name, array);
+    }
+    Ok((args, tensors))
+}
+
+/// `blk.3.attn_q.weight` -> `model.layers.3.self_attn.q_proj.weight`.
+fn gguf_to_hf_name(name: &str) -> Option<String> {
+    let (stem, suffix) = name.rsplit_once('.')?;
+    let mapped = match stem {
+        "token_embd" => "model.embed_tokens".to_string(),
+        "output_norm" => "model.norm".to_string(),
+        "output" => "lm_head".to_string(),
+        _ => {
+            let rest = stem.strip_prefix("blk.")?;
+            let (layer, module) = rest.split_once('.')?;
+            let module = match module {
+                "attn_q" => "self_attn.q_proj",
+                "attn_k" => "self_attn.k_proj",
+                "attn_v" => "self_attn.v_proj",
+                "attn_output" => "self_attn.o_proj",
+                "ffn_gate" => "mlp.gate_proj",
+                "ffn_up" => "mlp.up_proj",
+                "ffn_down" => "mlp.down_proj",
+                "attn_norm" => "input_layernorm",
+                "ffn_norm" => "post_attention_layernorm",
+                _ => return None,
+            };
+            format!("model.layers.{layer}.{module}")
+        }
+    };
+    Some(format!("{mapped}.{suffix}"))
+}
+
+/// llama.cpp stores Q/K rows per head as `[d/2, 2]` (interleaved RoPE);
+/// Hugging Face as `[2, d/2]`. Rows move, so this also works on quantized
+/// weights, scales and biases.
+fn unpermute_rows(array: &Array, heads: usize) -> Result<Array> {
+    let shape = array.shape().to_vec();
+    let rows = shape[0];
+    let heads = heads as i32;
+    let half = rows / heads / 2;
+    let mut split = vec![heads, half, 2];
+    split.extend_from_slice(&shape[1..]);
+    Ok(array.reshape(&split)?.swap_axes(1, 2)?.reshape(&shape)?)
+}
+
+/// Builds the model from named tensors, checking names and shapes.
+pub fn assemble(
+    args: ModelArgs,
+    mut tensors: HashMap<String, Array>,
+    path: &Path,
+    options: &LoadOptions,
+) -> Result<Model> {
+    // Buffers some exporters keep; they carry no learned weights.
+    tensors.retain(|name, _| !name.ends_with("rotary_emb.inv_freq"));
+    let mut missing = Vec::new();
+    let mut misshapen = Vec::new();
+    let hidden = args.hidden_size as i32;
+    let q_out = (args.num_heads * args.head_dim) as i32;
+    let kv_out = (args.num_kv_heads * args.head_dim) as i32;
+    let ffn = args.intermediate_size as i32;
+
+    let mut take_weight = |prefix: &str, out: i32, inp: i32| -> Option<Weight> {
+        let weight = tensors.remove(&format!("{prefix}.weight"));
+        let scales = tensors.remove(&format!("{prefix}.scales"));
+        let biases = tensors.remove(&format!("{prefix}.biases"));
+        let Some(weight) = weight else {
+            missing.push(format!("{prefix}.weight"));
+            return None;
+        };
+        let built = match (scales, biases) {
+            (Some(scales), Some(biases)) => {
+                Weight::quantized_from_parts(weight, scales, biases, inp)
+                    .map_err(|message| format!("{prefix}: {message}"))
+            }
+            (None, None) => {
+                if weight.shape() == [out, inp] {
+                    Ok(Weight::Dense(weight))
+                } else {
+                    Err(format!(
+                        "{prefix}.weight: expected shape {:?}, got {:?}",
+                        [out, inp],
+                        weight.shape()
+                    ))
+                }
+            }
+            _ => Err(format!("{prefix}: has only one of .scales/.biases")),
+        };
+        match built {
+            Ok(weight) if weight.out_features() == out => Some(weight),
+            Ok(weight) => {
+                misshapen.push(format!(
+                    "{prefix}: expected {out} output features, got {}",
+                    weight.out_features()
+                ));
+                None
+            }
+            Err(message) => {
+                misshapen.push(message);
+                None
+            }
+        }
+    };
+
+    let embed = take_weight("model.embed_tokens", args.vocab_size as i32, hidden);
+    let mut layer_weights = Vec::with_capacity(args.num_layers);
+    for layer in 0..args.num_layers {
+        let mut projections = Vec::with_capacity(7);
+        for projection in Projection::ALL {
+            let (out, inp) = match projection {
+                Projection::Q => (q_out, hidden),
+                Projection::K | Projection::V => (kv_out, hidden),
+                Projection::O => (hidden, q_out),
+                Projection::Gate | Projection::Up => (ffn, hidden),
+                Projection::Down => (hidden, ffn),
+            };
+            projections.push(take_weight(&projection.key(layer), out, inp));
+        }
+        layer_weights.push(projections);
+    }
+    let head = if args.tie_word_embeddings {
+        None
+    } else {
+        take_weight("lm_head", args.vocab_size as i32, hidden)
+    };
+
+    let mut take_norm = |name: String| -> Option<Array> {
+        match tensors.remove(&name) {
+            Some(norm) if norm.shape() == [hidden] => Some(norm),
+            Some(norm) => {
+                misshapen.push(format!(
+                    "{name}: expected shape [{hidden}], got {:?}",
+                    norm.shape()
+                ));
+                None
+            }
+            None => {
+                missing.push(name);
+                None
+            }
+        }
+    };
+    let mut norms = Vec::with_capacity(args.num_layers);
+    for layer in 0..args.num_layers {
+        norms.push((
+            take_norm(format!("model.layers.{layer}.input_layernorm.weight")),
+            take_norm(format!("model.layers.{layer}.post_attention_layernorm.weight")),
+        ));
+    }
+    let final_norm = take_norm("model.norm.weight".into());
+
+    let mut problems = Vec::new();
+    if !missing.is_empty() {
+        missing.sort();
+        problems.push(format!("missing tensors: {}", missing.join(", ")));
+    }
+    if !tensors.is_empty() {
+        let mut unexpected: Vec<&String> = tensors.keys().collect();
+        unexpected.sort();
+        problems.push(format!(
+            "unexpected tensors: {}",
+            unexpected
+                .iter()
+                .map(|s| s.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    }
+    if !misshapen.is_empty() {
+        problems.push(format!("wrong shapes: {}", misshapen.join("; ")));
+    }
+    let (Some(embed), Some(final_norm), true) = (embed, final_norm, problems.is_empty()) else {
+        return Err(Error::Weights {
+            path: path.to_path_buf(),
+            message: problems.join("\n"),
+        });
+    };
+
+    let convert = |weight: Weight, is_embedding: bool| -> Result<Weight> {
+        let mut weight = if options.dequantize && weight.is_quantized() {
+            Weight::Dense(weight.dense(options.dtype.unwrap_or(Dtype::Float32))?)
+        } else {
+            weight
+        };
+        if let Some(dtype) = options.dtype {
+            weight = weight.with_dtype(dtype)?;
+        }
+        if let (Some((group_size, bits)), false) = (options.quantize, is_embedding) {
+            weight = weight.quantize(group_size, bits)?;
+        }
+        // Materialise layer by layer so a source and its conversion never
+        // coexist for the whole model.
+        for (_, part) in weight.named_parts() {
+            part.eval()?;
+        }
+        Ok(weight)
+    };
+    let norm_dtype = |norm: Array| -> Result<Array> {
+        let norm = match options.dtype {
+            Some(dtype) => norm.as_dtype(dtype)?,
+            None => norm.as_dtype(Dtype::Float32)?,
+        };
+        norm.eval()?;
+        Ok(norm)
+    };
+
+    let embed = convert(embed, true)?;
+    let mut layers = Vec::with_capacity(args.num_layers);
+    for (projections, (input_norm, post_norm)) in layer_weights.into_iter().zip(norms) {
+        let mut converted = Vec::with_capacity(7);
+        for weight in projections.into_iter().flatten() {
+            converted.push(Linear {
+                weight: convert(weight, false)?,
+            });
+        }
+        let [q, k, v, o, gate, up, down]: [Linear; 7] =
+            converted.try_into().map_err(|_| Error::Weights {
+                path: path.to_path_buf(),
+                message: "internal: projection count".into(),
+            })?;
+        layers.push(DecoderLayer {
+            input_layernorm: norm_dtype(input_norm.ok_or_else(|| internal(path))?)?,
+            self_attn: Attention {
+                q_proj: q,
+                k_proj: k,
+                v_proj: v,
+                o_proj: o,
+            },
+            post_attention_layernorm: norm_dtype(post_norm.ok_or_else(|| internal(path))?)?,
+            mlp: Mlp {
+                gate_proj: gate,
+                up_proj: up,
+                down_proj: down,
+            },
+        });
+    }
+    let lm_head = match head {
+        Some(weight) => Some(Linear {
+            weight: convert(weight, false)?,
+        }),
+        None => None,
+    };
+    Ok(Model::new(args, embed, layers, norm_dtype(final_norm)?, lm_head))
+}
+
+fn internal(path: &Path) -> Error {
+    Error::Weights {
+        path: path.to_path_buf(),
+        message: "internal: a checked tensor vanished".into(),
+    }
+}
