@@ -10,6 +10,7 @@
 
 pub mod config;
 pub mod error;
+pub mod export;
 pub mod generate;
 pub mod gguf;
 pub mod layers;
@@ -24,3 +25,4 @@ pub use layers::{Linear, Weight};
 pub use model::{AttentionScope, KvCache, LinearAdapter, Model, NoAdapter, Projection};
 pub use generate::{generate, Generation, SamplingOptions, StopReason};
 pub use load::{load_model, LoadOptions, ModelSource};
+pub use export::{save_hf_dir, ExportOptions};

@@ -53,3 +53,26 @@ fn greedy_answer_names_paris_dequantized_fp32() {
 fn greedy_answer_names_paris_quantized() {
     check(&LoadOptions::default());
 }
+
+#[test]
+fn gguf_exported_as_hf_directory_reloads_with_identical_logits() {
+    use ft_model::{save_hf_dir, AttentionScope, ExportOptions};
+    let options = LoadOptions {
+        dequantize: true,
+        ..LoadOptions::default()
+    };
+    let model = load_model("smollm2-135m-instruct", &options).expect("loads");
+    let dir = tempfile::tempdir().expect("tempdir");
+    save_hf_dir(&model, dir.path(), &ExportOptions::default()).expect("export");
+    let reloaded =
+        load_model(dir.path().to_str().expect("utf-8"), &LoadOptions::default()).expect("reload");
+    let ids = mlx_rs::Array::from_slice(&[1_i32, 9690, 198, 2683, 359], &[1, 5]);
+    let logits = |m: &ft_model::Model| {
+        let out = m
+            .forward(&ids, &NoAdapter, None, AttentionScope::Causal)
+            .expect("forward");
+        out.eval().expect("eval");
+        out.as_slice::<f32>().to_vec()
+    };
+    assert_eq!(logits(&model), logits(&reloaded));
+}
