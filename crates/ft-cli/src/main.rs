@@ -4,6 +4,7 @@
 //! exit code: 0 ok, 1 user error or failed check, 2 internal error.
 
 mod doctor;
+mod inspect;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -25,6 +26,10 @@ enum Command {
     ///
     /// Example: `ft doctor --json`
     Doctor(doctor::Args),
+    /// Load a model and describe it: architecture, parameters, quantization, a forward pass.
+    ///
+    /// Example: `ft inspect --model smollm2-135m-instruct`
+    Inspect(inspect::Args),
 }
 
 /// How a command ended, beyond success.
@@ -41,6 +46,7 @@ fn main() -> ExitCode {
     init_logging(cli.verbose);
     let outcome = match cli.command {
         Command::Doctor(args) => doctor::run(&args),
+        Command::Inspect(args) => inspect::run(&args),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,

@@ -250,7 +250,11 @@ impl ModelArgs {
             sliding_window: raw.sliding_window,
             max_position_embeddings: raw.max_position_embeddings,
             bos_token_id: raw.bos_token_id,
-            eos_token_ids: raw.eos_token_id.as_ref().map(EosIds::to_vec).unwrap_or_default(),
+            eos_token_ids: raw
+                .eos_token_id
+                .as_ref()
+                .map(EosIds::to_vec)
+                .unwrap_or_default(),
         })
     }
 
@@ -307,7 +311,10 @@ mod tests {
         let raw: HfConfig = serde_json::from_value(mistral_json()).expect("parses");
         let args = ModelArgs::from_hf(&raw).expect("valid");
         assert_eq!(args.model_type, "mistral");
-        assert_eq!((args.num_heads, args.num_kv_heads, args.head_dim), (32, 8, 128));
+        assert_eq!(
+            (args.num_heads, args.num_kv_heads, args.head_dim),
+            (32, 8, 128)
+        );
         assert_eq!(args.eos_token_ids, vec![2]);
         let round = ModelArgs::from_hf(&args.to_hf()).expect("round trip");
         assert_eq!(round, args);

@@ -135,7 +135,8 @@ pub(crate) fn write_dir(
             format!("model-{:05}-of-{count:05}.safetensors", index + 1)
         };
         let path = dir.join(&file_name);
-        let arrays: Vec<(&str, &Array)> = names.iter().map(|n| (n.as_str(), &tensors[*n])).collect();
+        let arrays: Vec<(&str, &Array)> =
+            names.iter().map(|n| (n.as_str(), &tensors[*n])).collect();
         Array::save_safetensors(arrays, &metadata, &path).map_err(|error| Error::MlxIo {
             path: path.clone(),
             message: error.to_string(),

@@ -85,7 +85,10 @@ pub fn generate(
     if prompt.is_empty() {
         return Err(Error::InvalidRequest("the prompt has no tokens".into()));
     }
-    if let Some(&bad) = prompt.iter().find(|&&id| id as usize >= model.args.vocab_size) {
+    if let Some(&bad) = prompt
+        .iter()
+        .find(|&&id| id as usize >= model.args.vocab_size)
+    {
         return Err(Error::InvalidRequest(format!(
             "token id {bad} is outside the vocabulary (size {})",
             model.args.vocab_size
@@ -255,7 +258,10 @@ mod tests {
     #[test]
     fn greedy_takes_the_largest_logit() {
         let mut sampler = Sampler::new(1);
-        assert_eq!(sampler.pick(vec![0.1, 3.0, -1.0, 2.9], &[], &options(0.0)), 1);
+        assert_eq!(
+            sampler.pick(vec![0.1, 3.0, -1.0, 2.9], &[], &options(0.0)),
+            1
+        );
     }
 
     #[test]

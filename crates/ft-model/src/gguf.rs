@@ -43,8 +43,9 @@ impl GgufFile {
                 mlx_sys::mlx_io_gguf_free(handle);
                 return Err(Error::MlxIo {
                     path: path.to_path_buf(),
-                    message: "MLX could not read this GGUF file (corrupt or unsupported tensor type)"
-                        .into(),
+                    message:
+                        "MLX could not read this GGUF file (corrupt or unsupported tensor type)"
+                            .into(),
                 });
             }
             Ok(Self {

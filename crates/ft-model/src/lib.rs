@@ -21,8 +21,8 @@ pub mod tiny;
 
 pub use config::ModelArgs;
 pub use error::{Error, Result};
-pub use layers::{Linear, Weight};
-pub use model::{AttentionScope, KvCache, LinearAdapter, Model, NoAdapter, Projection};
-pub use generate::{generate, Generation, SamplingOptions, StopReason};
-pub use load::{load_model, LoadOptions, ModelSource};
 pub use export::{save_hf_dir, ExportOptions};
+pub use generate::{generate, Generation, SamplingOptions, StopReason};
+pub use layers::{Linear, Weight};
+pub use load::{load_model, LoadOptions, ModelSource};
+pub use model::{AttentionScope, KvCache, LinearAdapter, Model, NoAdapter, Projection};

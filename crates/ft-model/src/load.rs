@@ -53,17 +53,26 @@ impl ModelSource {
         if path.is_file() {
             return Ok(Self::Gguf(path.to_path_buf()));
         }
-        if let Some((_, file)) = BUILTIN_MODELS.iter().find(|(name, _)| *name == name_or_path) {
+        if let Some((_, file)) = BUILTIN_MODELS
+            .iter()
+            .find(|(name, _)| *name == name_or_path)
+        {
             let path = models_dir().join(file);
             if path.is_file() {
                 return Ok(Self::Gguf(path));
             }
             return Err(Error::ModelNotFound(
-                format!("{name_or_path} ({} is missing: run `cargo xtask setup`)", path.display()),
+                format!(
+                    "{name_or_path} ({} is missing: run `cargo xtask setup`)",
+                    path.display()
+                ),
                 builtin_names(),
             ));
         }
-        Err(Error::ModelNotFound(name_or_path.to_string(), builtin_names()))
+        Err(Error::ModelNotFound(
+            name_or_path.to_string(),
+            builtin_names(),
+        ))
     }
 
     /// The file or directory.
@@ -114,10 +123,13 @@ pub fn read_safetensors_dir(dir: &Path) -> Result<HashMap<String, Array>> {
                 path: index_path.clone(),
                 message: error.to_string(),
             })?;
-        let map = index["weight_map"].as_object().ok_or_else(|| Error::Config {
-            path: index_path.clone(),
-            message: "field `weight_map`: expected an object of tensor name -> shard file".into(),
-        })?;
+        let map = index["weight_map"]
+            .as_object()
+            .ok_or_else(|| Error::Config {
+                path: index_path.clone(),
+                message: "field `weight_map`: expected an object of tensor name -> shard file"
+                    .into(),
+            })?;
         let shards: BTreeSet<&str> = map.values().filter_map(|v| v.as_str()).collect();
         shards.into_iter().map(|shard| dir.join(shard)).collect()
     } else {
@@ -383,7 +395,9 @@ pub fn assemble(
     for layer in 0..args.num_layers {
         norms.push((
             take_norm(format!("model.layers.{layer}.input_layernorm.weight")),
-            take_norm(format!("model.layers.{layer}.post_attention_layernorm.weight")),
+            take_norm(format!(
+                "model.layers.{layer}.post_attention_layernorm.weight"
+            )),
         ));
     }
     let final_norm = take_norm("model.norm.weight".into());
@@ -479,7 +493,13 @@ pub fn assemble(
         }),
         None => None,
     };
-    Ok(Model::new(args, embed, layers, norm_dtype(final_norm)?, lm_head))
+    Ok(Model::new(
+        args,
+        embed,
+        layers,
+        norm_dtype(final_norm)?,
+        lm_head,
+    ))
 }
 
 fn internal(path: &Path) -> Error {

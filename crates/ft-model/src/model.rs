@@ -262,18 +262,31 @@ impl Model {
         let offset = cache.as_ref().map_or(0, |c| c.offset);
         let mask = self.attention_mask(length, offset, scope)?;
         let flat = ids.reshape(&[-1])?;
-        let mut hidden = self
-            .embed_tokens
-            .rows(&flat)?
-            .reshape(&[batch, length, self.args.hidden_size as i32])?;
+        let mut hidden = self.embed_tokens.rows(&flat)?.reshape(&[
+            batch,
+            length,
+            self.args.hidden_size as i32,
+        ])?;
         for (index, layer) in self.layers.iter().enumerate() {
             let layer_cache = cache.as_mut().map(|c| &mut c.layers[index]);
-            hidden = self.layer_forward(index, layer, &hidden, adapter, layer_cache, offset, mask.as_ref())?;
+            hidden = self.layer_forward(
+                index,
+                layer,
+                &hidden,
+                adapter,
+                layer_cache,
+                offset,
+                mask.as_ref(),
+            )?;
         }
         if let Some(cache) = cache {
             cache.offset += length;
         }
-        Ok(fast::rms_norm(&hidden, Some(&self.norm), self.args.rms_norm_eps)?)
+        Ok(fast::rms_norm(
+            &hidden,
+            Some(&self.norm),
+            self.args.rms_norm_eps,
+        )?)
     }
 
     /// Output logits for hidden states.
@@ -372,9 +385,11 @@ impl Model {
                 None,
             )?,
         };
-        let merged = output
-            .transpose_axes(&[0, 2, 1, 3])?
-            .reshape(&[batch, length, (args.num_heads as i32) * head_dim])?;
+        let merged = output.transpose_axes(&[0, 2, 1, 3])?.reshape(&[
+            batch,
+            length,
+            (args.num_heads as i32) * head_dim,
+        ])?;
         project(Projection::O, &merged)
     }
 

@@ -162,7 +162,10 @@ mod tests {
         let root = tempfile::tempdir().expect("tempdir");
         write_hf_dir(&root.path().join("single"), &config, &weights, 1).expect("single");
         write_hf_dir(&root.path().join("sharded"), &config, &weights, 3).expect("sharded");
-        assert!(root.path().join("sharded/model.safetensors.index.json").is_file());
+        assert!(root
+            .path()
+            .join("sharded/model.safetensors.index.json")
+            .is_file());
         let single = logits_of(&root.path().join("single"), &LoadOptions::default());
         let sharded = logits_of(&root.path().join("sharded"), &LoadOptions::default());
         assert_eq!(single.len(), 6 * 32768);
@@ -200,7 +203,10 @@ mod tests {
             eprintln!("{bits}-bit quantize-on-load: relative RMS logit error {error:.4}");
             errors.push(error);
         }
-        assert!(errors[1] > 4.0 * errors[0], "4-bit should be much coarser: {errors:?}");
+        assert!(
+            errors[1] > 4.0 * errors[0],
+            "4-bit should be much coarser: {errors:?}"
+        );
     }
 
     #[test]
@@ -215,12 +221,21 @@ mod tests {
         );
         let root = tempfile::tempdir().expect("tempdir");
         write_hf_dir(root.path(), &config, &weights, 1).expect("write");
-        let error = load_model(root.path().to_str().expect("utf-8"), &LoadOptions::default())
-            .expect_err("rejected")
-            .to_string();
-        assert!(error.contains("model.layers.1.mlp.up_proj.weight"), "{error}");
+        let error = load_model(
+            root.path().to_str().expect("utf-8"),
+            &LoadOptions::default(),
+        )
+        .expect_err("rejected")
+        .to_string();
+        assert!(
+            error.contains("model.layers.1.mlp.up_proj.weight"),
+            "{error}"
+        );
         assert!(error.contains("model.layers.0.extra.weight"), "{error}");
-        assert!(error.contains("model.layers.0.self_attn.k_proj.weight"), "{error}");
+        assert!(
+            error.contains("model.layers.0.self_attn.k_proj.weight"),
+            "{error}"
+        );
     }
 
     #[test]
@@ -229,8 +244,11 @@ mod tests {
         let weights = random_weights(&config, 9).expect("weights");
         let root = tempfile::tempdir().expect("tempdir");
         write_hf_dir(root.path(), &config, &weights, 1).expect("write");
-        let model = load_model(root.path().to_str().expect("utf-8"), &LoadOptions::default())
-            .expect("loads");
+        let model = load_model(
+            root.path().to_str().expect("utf-8"),
+            &LoadOptions::default(),
+        )
+        .expect("loads");
         let ids = [1_i32, 17, 300, 4000, 12, 8];
         let full = model
             .forward(

@@ -38,7 +38,12 @@ fn check(options: &LoadOptions) {
         "no 'Paris' in {:?}",
         generation.tokens
     );
-    assert_eq!(generation.stop_reason, StopReason::StopToken, "{:?}", generation.tokens);
+    assert_eq!(
+        generation.stop_reason,
+        StopReason::StopToken,
+        "{:?}",
+        generation.tokens
+    );
 }
 
 #[test]
