@@ -39,6 +39,8 @@
 mod schema;
 mod config;
 mod loader;
+#[cfg(test)]
+mod proptests;
 mod reference;
 mod show;
 mod validate;
