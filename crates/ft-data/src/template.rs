@@ -1,0 +1,637 @@
+//! Chat formatting: the model's own Jinja template, the built-in Mistral v0.3
+//! Instruct format, or raw concatenation; each yields token ids plus a mask
+//! of the assistant tokens.
+//!
+//! The mask covers the assistant's text *and* the end-of-turn token closing
+//! it (`</s>`, `<|im_end|>`, …): a model that never learns to emit it never
+//! stops. With a Jinja template the assistant spans are found by rendering
+//! prefixes of the conversation (exact, since it uses the template's own
+//! text); when a template is not prefix-stable (e.g. it moves the system
+//! prompt to the last user turn) it falls back to rendering once with
+//! invisible markers around each assistant message. Either result is checked
+//! against the plain rendering.
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{DataError, Result};
+use crate::format::{Message, Role};
+use crate::tokenizer::TextTokenizer;
+
+/// Which chat format to use.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TemplateChoice {
+    /// The model's template when it has one, else the built-in Mistral v0.3 format.
+    #[default]
+    Auto,
+    /// The model's Jinja template (an error when it has none).
+    Model,
+    /// This Jinja template source.
+    Jinja(String),
+    /// The built-in Mistral v0.3 Instruct format.
+    MistralV3,
+    /// No chat markup: BOS, the texts one after another, EOS after each
+    /// assistant text. Meant for prompt/completion data.
+    Raw,
+}
+
+/// Token ids and, per token, whether it belongs to an assistant turn.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tokenized {
+    /// Token ids.
+    pub ids: Vec<u32>,
+    /// `true` for tokens the model should learn to produce.
+    pub mask: Vec<bool>,
+}
+
+impl Tokenized {
+    fn push(&mut self, ids: &[u32], trained: bool) {
+        self.ids.extend_from_slice(ids);
+        self.mask.extend(std::iter::repeat_n(trained, ids.len()));
+    }
+}
+
+/// Formats conversations into tokens and assistant masks.
+#[derive(Debug)]
+pub struct ChatFormatter {
+    kind: FormatterKind,
+}
+
+#[derive(Debug)]
+enum FormatterKind {
+    Jinja(Box<JinjaTemplate>),
+    MistralV3 { inst: u32, inst_end: u32 },
+    Raw,
+}
+
+impl ChatFormatter {
+    /// A formatter for `choice` with `tokenizer`'s special tokens.
+    pub fn new(choice: &TemplateChoice, tokenizer: &TextTokenizer) -> Result<Self> {
+        let kind = match choice {
+            TemplateChoice::Auto => match tokenizer.chat_template() {
+                Some(source) => {
+                    FormatterKind::Jinja(Box::new(JinjaTemplate::new(source, tokenizer)?))
+                }
+                None => mistral_v3(tokenizer)?,
+            },
+            TemplateChoice::Model => {
+                let source = tokenizer
+                    .chat_template()
+                    .ok_or_else(|| DataError::template("the model ships no chat template"))?;
+                FormatterKind::Jinja(Box::new(JinjaTemplate::new(source, tokenizer)?))
+            }
+            TemplateChoice::Jinja(source) => {
+                FormatterKind::Jinja(Box::new(JinjaTemplate::new(source, tokenizer)?))
+            }
+            TemplateChoice::MistralV3 => mistral_v3(tokenizer)?,
+            TemplateChoice::Raw => FormatterKind::Raw,
+        };
+        Ok(ChatFormatter { kind })
+    }
+
+    /// A short name of the format, for reports.
+    pub fn name(&self) -> &'static str {
+        match self.kind {
+            FormatterKind::Jinja(_) => "jinja",
+            FormatterKind::MistralV3 { .. } => "mistral_v3",
+            FormatterKind::Raw => "raw",
+        }
+    }
+
+    /// Renders a conversation to text (Jinja only; `None` for the built-in
+    /// token-level formats).
+    pub fn render_text(
+        &self,
+        messages: &[Message],
+        add_generation_prompt: bool,
+    ) -> Result<Option<String>> {
+        match &self.kind {
+            FormatterKind::Jinja(t) => t.render(messages, add_generation_prompt).map(Some),
+            _ => Ok(None),
+        }
+    }
+
+    /// Tokenizes a conversation; the mask marks assistant tokens and the
+    /// end-of-turn token after each.
+    pub fn encode(&self, tokenizer: &TextTokenizer, messages: &[Message]) -> Result<Tokenized> {
+        let mut out = match &self.kind {
+            FormatterKind::Jinja(t) => t.encode(tokenizer, messages)?,
+            FormatterKind::MistralV3 { inst, inst_end } => {
+                encode_mistral_v3(tokenizer, messages, *inst, *inst_end)?
+            }
+            FormatterKind::Raw => encode_raw(tokenizer, messages)?,
+        };
+        let special = tokenizer.special();
+        if let Some(bos) = special.bos {
+            if special.add_bos && out.ids.first() != Some(&bos) {
+                out.ids.insert(0, bos);
+                out.mask.insert(0, false);
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn mistral_v3(tokenizer: &TextTokenizer) -> Result<FormatterKind> {
+    let id = |piece: &str| {
+        tokenizer.token_id(piece).ok_or_else(|| {
+            DataError::template(format!(
+                "the Mistral v0.3 format needs the {piece} control token, which this vocabulary lacks \
+                 (give the model's chat template instead)"
+            ))
+        })
+    };
+    Ok(FormatterKind::MistralV3 {
+        inst: id("[INST]")?,
+        inst_end: id("[/INST]")?,
+    })
+}
+
+fn eos_or_error(tokenizer: &TextTokenizer) -> Result<u32> {
+    tokenizer
+        .special()
+        .eos
+        .ok_or_else(|| DataError::tokenizer("the tokenizer has no EOS token"))
+}
+
+/// `<s>[INST] user[/INST] assistant</s>[INST] …`, the system prompt prepended
+/// to the last user turn (as mistral-common does for v3).
+fn encode_mistral_v3(
+    tokenizer: &TextTokenizer,
+    messages: &[Message],
+    inst: u32,
+    inst_end: u32,
+) -> Result<Tokenized> {
+    let eos = eos_or_error(tokenizer)?;
+    let mut out = Tokenized::default();
+    if let Some(bos) = tokenizer.special().bos {
+        out.push(&[bos], false);
+    }
+    let system = messages
+        .iter()
+        .find(|m| m.role == Role::System)
+        .map(|m| m.content.as_str());
+    let last_user = messages.iter().rposition(|m| m.role == Role::User);
+    for (i, message) in messages.iter().enumerate() {
+        match message.role {
+            Role::System => {}
+            Role::User => {
+                let content = match system {
+                    Some(system) if Some(i) == last_user => {
+                        format!("{system}\n\n{}", message.content)
+                    }
+                    _ => message.content.clone(),
+                };
+                out.push(&[inst], false);
+                out.push(&tokenizer.encode_literal(&content)?, false);
+                out.push(&[inst_end], false);
+            }
+            Role::Assistant => {
+                out.push(&tokenizer.encode_literal(&message.content)?, true);
+                out.push(&[eos], true);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Texts one after another, EOS after each assistant text.
+fn encode_raw(tokenizer: &TextTokenizer, messages: &[Message]) -> Result<Tokenized> {
+    let eos = eos_or_error(tokenizer)?;
+    let mut out = Tokenized::default();
+    for message in messages {
+        let trained = message.role == Role::Assistant;
+        out.push(&tokenizer.encode_literal(&message.content)?, trained);
+        if trained {
+            out.push(&[eos], true);
+        }
+    }
+    Ok(out)
+}
+
+/// Markers wrapped around assistant content for the fallback strategy:
+/// private-use characters that no real text or template contains.
+const OPEN_MARK: &str = "\u{F8F0}ft-assistant-open\u{F8F1}";
+const CLOSE_MARK: &str = "\u{F8F0}ft-assistant-close\u{F8F1}";
+
+/// A compiled HF-style Jinja chat template.
+struct JinjaTemplate {
+    env: minijinja::Environment<'static>,
+    bos_text: String,
+    eos_text: String,
+    /// Texts of the end-of-turn tokens, for the marker strategy.
+    end_texts: Vec<String>,
+}
+
+impl std::fmt::Debug for JinjaTemplate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JinjaTemplate").finish_non_exhaustive()
+    }
+}
+
+impl JinjaTemplate {
+    fn new(source: &str, tokenizer: &TextTokenizer) -> Result<Self> {
+        let mut env = minijinja::Environment::new();
+        // HF renders with trim_blocks and lstrip_blocks.
+        let syntax = minijinja::syntax::SyntaxConfig::builder()
+            .trim_blocks(true)
+            .lstrip_blocks(true)
+            .build()
+            .map_err(DataError::template)?;
+        env.set_syntax(syntax);
+        env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+        env.add_function("raise_exception", raise_exception);
+        env.add_function("strftime_now", strftime_now);
+        env.add_template_owned("chat", source.to_string())
+            .map_err(|e| DataError::template(format!("does not compile: {e}")))?;
+        let end_texts = tokenizer
+            .special()
+            .end_of_turn
+            .iter()
+            .filter_map(|&id| tokenizer.piece(id))
+            .collect();
+        Ok(JinjaTemplate {
+            env,
+            bos_text: tokenizer.bos_text().unwrap_or_default().to_string(),
+            eos_text: tokenizer.eos_text().unwrap_or_default().to_string(),
+            end_texts,
+        })
+    }
+
+    fn render(&self, messages: &[Message], add_generation_prompt: bool) -> Result<String> {
+        let messages: Vec<serde_json::Value> = messages
+            .iter()
+            .map(|m| serde_json::json!({"role": m.role.as_str(), "content": m.content}))
+            .collect();
+        self.render_values(messages, add_generation_prompt)
+    }
+
+    fn render_values(
+        &self,
+        messages: Vec<serde_json::Value>,
+        add_generation_prompt: bool,
+    ) -> Result<String> {
+        let template = self.env.get_template("chat").map_err(DataError::template)?;
+        let ctx = minijinja::context! {
+            messages => minijinja::Value::from(minijinja::value::Serde(messages)),
+            add_generation_prompt => add_generation_prompt,
+            bos_token => self.bos_text.clone(),
+            eos_token => self.eos_text.clone(),
+        };
+        template.render(ctx).map_err(|e| {
+            let mut message = e.to_string();
+            if let Some(detail) = e.detail() {
+                if !message.contains(detail) {
+                    message = format!("{message}: {detail}");
+                }
+            }
+            DataError::template(message)
+        })
+    }
+
+    fn encode(&self, tokenizer: &TextTokenizer, messages: &[Message]) -> Result<Tokenized> {
+        let full = self.render(messages, false)?;
+        let spans = match self.spans_by_prefix(messages, &full) {
+            Some(spans) => spans,
+            None => self.spans_by_markers(messages, &full)?,
+        };
+        let (ids, offsets) = tokenizer.encode_with_offsets(&full)?;
+        let mut mask = vec![false; ids.len()];
+        let special = tokenizer.special();
+        let mut last_span_closed = true;
+        for (n, &(start, end)) in spans.iter().enumerate() {
+            let inside: Vec<usize> = offsets
+                .iter()
+                .enumerate()
+                .filter(|(_, &(s, e))| {
+                    if s == e {
+                        s >= start && s < end
+                    } else {
+                        e > start && s < end
+                    }
+                })
+                .map(|(i, _)| i)
+                .collect();
+            // Train up to and including the token that closes the turn; what
+            // follows it (e.g. the newline after `<|im_end|>`) is markup.
+            let close = inside.iter().rposition(|&i| special.is_end_of_turn(ids[i]));
+            let trained = match close {
+                Some(at) => &inside[..=at],
+                None => &inside[..],
+            };
+            for &i in trained {
+                mask[i] = true;
+            }
+            if n + 1 == spans.len() {
+                last_span_closed = close.is_some();
+            }
+        }
+        let mut out = Tokenized { ids, mask };
+        // A template that leaves the final turn open gets EOS appended, so
+        // the model still learns to stop.
+        if !spans.is_empty() && !last_span_closed {
+            out.push(&[eos_or_error(tokenizer)?], true);
+        }
+        Ok(out)
+    }
+
+    /// Assistant spans from prefix renders: the text a template adds for
+    /// message `i` is render(..=i) minus render(..i, generation prompt).
+    fn spans_by_prefix(&self, messages: &[Message], full: &str) -> Option<Vec<(usize, usize)>> {
+        let mut spans = Vec::new();
+        for (i, message) in messages.iter().enumerate() {
+            if message.role != Role::Assistant {
+                continue;
+            }
+            let before = self.render(&messages[..i], true).ok()?;
+            let through = self.render(&messages[..=i], false).ok()?;
+            if !through.starts_with(&before) || !full.starts_with(&through) {
+                return None;
+            }
+            // Some templates add nothing for the generation prompt and put the
+            // role header in the message render; skip to the content then.
+            let content_at = through[before.len()..]
+                .find(message.content.as_str())
+                .map_or(before.len(), |at| before.len() + at);
+            spans.push((content_at, through.len()));
+        }
+        Some(spans)
+    }
+
+    /// Assistant spans from one render with markers around assistant content,
+    /// each extended over an end-of-turn token that directly follows it.
+    fn spans_by_markers(&self, messages: &[Message], full: &str) -> Result<Vec<(usize, usize)>> {
+        let marked: Vec<serde_json::Value> = messages
+            .iter()
+            .map(|m| {
+                let content = if m.role == Role::Assistant {
+                    format!("{OPEN_MARK}{}{CLOSE_MARK}", m.content)
+                } else {
+                    m.content.clone()
+                };
+                serde_json::json!({"role": m.role.as_str(), "content": content})
+            })
+            .collect();
+        let rendered = self.render_values(marked, false)?;
+        let mut clean = String::with_capacity(rendered.len());
+        let mut spans = Vec::new();
+        let mut rest = rendered.as_str();
+        let fail =
+            || DataError::template("cannot locate the assistant turns in the rendered template");
+        while let Some(open) = rest.find(OPEN_MARK) {
+            clean.push_str(&rest[..open]);
+            rest = &rest[open + OPEN_MARK.len()..];
+            let close = rest.find(CLOSE_MARK).ok_or_else(fail)?;
+            let start = clean.len();
+            clean.push_str(&rest[..close]);
+            spans.push((start, clean.len()));
+            rest = &rest[close + CLOSE_MARK.len()..];
+        }
+        clean.push_str(rest);
+        let assistants = messages
+            .iter()
+            .filter(|m| m.role == Role::Assistant)
+            .count();
+        if clean != full || spans.len() != assistants || clean.contains(CLOSE_MARK) {
+            return Err(fail());
+        }
+        for span in &mut spans {
+            let after = &full[span.1..];
+            if let Some(end) = self
+                .end_texts
+                .iter()
+                .find(|t| !t.is_empty() && after.starts_with(t.as_str()))
+            {
+                span.1 += end.len();
+            }
+        }
+        Ok(spans)
+    }
+}
+
+fn raise_exception(message: String) -> std::result::Result<String, minijinja::Error> {
+    Err(minijinja::Error::new(
+        minijinja::ErrorKind::InvalidOperation,
+        message,
+    ))
+}
+
+/// `strftime_now(format)` as HF provides it, for templates that print today's
+/// date (UTC). Supports the common `%` codes.
+fn strftime_now(format: String) -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    format_utc(secs, &format)
+}
+
+pub(crate) fn format_utc(secs: u64, format: &str) -> String {
+    const MONTHS: [&str; 12] = [
+        "January",
+        "February",
+        "March",
+        "April",
+        "May",
+        "June",
+        "July",
+        "August",
+        "September",
+        "October",
+        "November",
+        "December",
+    ];
+    const DAYS: [&str; 7] = [
+        "Thursday",
+        "Friday",
+        "Saturday",
+        "Sunday",
+        "Monday",
+        "Tuesday",
+        "Wednesday",
+    ];
+    let days = secs / 86_400;
+    let rem = secs % 86_400;
+    let (year, month, day) = civil_from_days(days as i64);
+    let weekday = DAYS[(days % 7) as usize];
+    let month_name = MONTHS[(month - 1) as usize];
+    let mut out = String::new();
+    let mut chars = format.chars();
+    while let Some(c) = chars.next() {
+        if c != '%' {
+            out.push(c);
+            continue;
+        }
+        match chars.next() {
+            Some('Y') => out.push_str(&year.to_string()),
+            Some('y') => out.push_str(&format!("{:02}", year.rem_euclid(100))),
+            Some('m') => out.push_str(&format!("{month:02}")),
+            Some('d') => out.push_str(&format!("{day:02}")),
+            Some('e') => out.push_str(&format!("{day:>2}")),
+            Some('B') => out.push_str(month_name),
+            Some('b') => out.push_str(&month_name[..3]),
+            Some('A') => out.push_str(weekday),
+            Some('a') => out.push_str(&weekday[..3]),
+            Some('H') => out.push_str(&format!("{:02}", rem / 3600)),
+            Some('M') => out.push_str(&format!("{:02}", rem % 3600 / 60)),
+            Some('S') => out.push_str(&format!("{:02}", rem % 60)),
+            Some('%') => out.push('%'),
+            Some(other) => {
+                out.push('%');
+                out.push(other);
+            }
+            None => out.push('%'),
+        }
+    }
+    out
+}
+
+/// (year, month, day) of a day count since 1970-01-01 (Howard Hinnant's algorithm).
+fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year, month, day)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::test_support::{default_tokenizer, tiny_spm};
+
+    fn chat() -> Vec<Message> {
+        vec![
+            Message::new(Role::System, "Be brief."),
+            Message::new(Role::User, "hi"),
+            Message::new(Role::Assistant, "hello world"),
+            Message::new(Role::User, "the ab"),
+            Message::new(Role::Assistant, "ab"),
+        ]
+    }
+
+    /// The trained tokens, decoded, per contiguous run.
+    fn trained_runs(tok: &TextTokenizer, t: &Tokenized) -> Vec<String> {
+        let mut runs = Vec::new();
+        let mut current = Vec::new();
+        for (id, m) in t.ids.iter().zip(&t.mask) {
+            if *m {
+                current.push(*id);
+            } else if !current.is_empty() {
+                runs.push(tok.decode(&std::mem::take(&mut current), false).unwrap());
+            }
+        }
+        if !current.is_empty() {
+            runs.push(tok.decode(&current, false).unwrap());
+        }
+        runs
+    }
+
+    #[test]
+    fn mistral_v3_layout() {
+        let tok = tiny_spm();
+        let f = ChatFormatter::new(&TemplateChoice::Auto, &tok).unwrap();
+        assert_eq!(f.name(), "mistral_v3");
+        let t = f.encode(&tok, &chat()).unwrap();
+        assert_eq!(t.ids[0..2], [1, 3]);
+        // Mask: assistant text plus its </s>.
+        let eos_positions: Vec<usize> = t
+            .ids
+            .iter()
+            .enumerate()
+            .filter(|(_, &i)| i == 2)
+            .map(|(p, _)| p)
+            .collect();
+        assert_eq!(eos_positions.len(), 2);
+        assert!(eos_positions.iter().all(|&p| t.mask[p]));
+        let text = tok.decode(&t.ids, false).unwrap();
+        assert_eq!(
+            text,
+            "<s>[INST] hi[/INST] hello world</s>[INST] Be brief.\n\nthe ab[/INST] ab</s>"
+        );
+        assert_eq!(trained_runs(&tok, &t), vec!["hello world</s>", "ab</s>"]);
+    }
+
+    #[test]
+    fn chatml_masks_on_default_model() {
+        let Some(tok) = default_tokenizer() else {
+            return;
+        };
+        let f = ChatFormatter::new(&TemplateChoice::Auto, &tok).unwrap();
+        assert_eq!(f.name(), "jinja");
+        let t = f.encode(&tok, &chat()).unwrap();
+        assert_eq!(
+            trained_runs(&tok, &t),
+            vec!["hello world<|im_end|>", "ab<|im_end|>"]
+        );
+        // Without a system message the template adds its default one; masks still hold.
+        let t = f.encode(&tok, &chat()[1..]).unwrap();
+        let text = tok.decode(&t.ids, false).unwrap();
+        assert!(text.starts_with("<|im_start|>system\nYou are a helpful AI assistant named SmolLM"));
+        assert_eq!(
+            trained_runs(&tok, &t),
+            vec!["hello world<|im_end|>", "ab<|im_end|>"]
+        );
+    }
+
+    #[test]
+    fn marker_fallback_for_non_prefix_templates() {
+        let Some(tok) = default_tokenizer() else {
+            return;
+        };
+        // Puts the system prompt into the *last* user turn, so prefixes differ.
+        let source = "{% set sys = messages | selectattr('role', 'equalto', 'system') | map(attribute='content') | list %}\
+            {% set ns = namespace(last=-1) %}{% for m in messages %}{% if m.role == 'user' %}{% set ns.last = loop.index0 %}{% endif %}{% endfor %}\
+            {% for m in messages %}{% if m.role == 'user' %}<|im_start|>user\n{% if loop.index0 == ns.last and sys %}{{ sys[0] }}\n{% endif %}{{ m.content }}<|im_end|>\n\
+            {% elif m.role == 'assistant' %}<|im_start|>assistant\n{{ m.content.strip() }}<|im_end|>\n{% endif %}{% endfor %}";
+        let f = ChatFormatter::new(&TemplateChoice::Jinja(source.into()), &tok).unwrap();
+        let t = f.encode(&tok, &chat()).unwrap();
+        assert_eq!(
+            trained_runs(&tok, &t),
+            vec!["hello world<|im_end|>", "ab<|im_end|>"]
+        );
+    }
+
+    #[test]
+    fn open_final_turn_gets_eos() {
+        let Some(tok) = default_tokenizer() else {
+            return;
+        };
+        let source = "{% for m in messages %}{{ m.role }}: {{ m.content }}\n{% endfor %}";
+        let f = ChatFormatter::new(&TemplateChoice::Jinja(source.into()), &tok).unwrap();
+        let t = f.encode(&tok, &chat()[1..3]).unwrap();
+        assert_eq!(*t.ids.last().unwrap(), 2);
+        assert!(*t.mask.last().unwrap());
+        // " hello" straddles the span start and counts as assistant text.
+        assert_eq!(trained_runs(&tok, &t), vec![" hello world\n<|im_end|>"]);
+    }
+
+    #[test]
+    fn raise_exception_and_pycompat() {
+        let tok = tiny_spm();
+        let source = "{% if messages[0].role != 'user' %}{{ raise_exception('first must be user') }}{% endif %}\
+            {% for m in messages %}{{ m.content.upper() }}{% endfor %}";
+        let f = ChatFormatter::new(&TemplateChoice::Jinja(source.into()), &tok).unwrap();
+        let err = f.encode(&tok, &chat()).unwrap_err().to_string();
+        assert!(err.contains("first must be user"), "{err}");
+        let text = f.render_text(&chat()[1..3], false).unwrap().unwrap();
+        assert_eq!(text, "HIHELLO WORLD");
+        assert!(ChatFormatter::new(&TemplateChoice::Jinja("{% for %}".into()), &tok).is_err());
+    }
+
+    #[test]
+    fn dates() {
+        // 2024-02-29 12:34:56 UTC, a Thursday.
+        assert_eq!(
+            format_utc(1_709_210_096, "%d %b %Y %A %H:%M:%S %%"),
+            "29 Feb 2024 Thursday 12:34:56 %"
+        );
+        assert_eq!(format_utc(0, "%Y-%m-%d %a"), "1970-01-01 Thu");
+    }
+}
