@@ -50,7 +50,7 @@ use std::path::PathBuf;
 
 pub use config::{
     CheckpointConfig, Config, DataConfig, LoggingConfig, LoraConfig, ModelConfig, OptimizerConfig,
-    QuantSpec, SchedulerConfig, TrainingConfig, TrainingLength,
+    QuantSpec, SchedulerConfig, TrainingConfig, TrainingLength, DEFAULT_MODEL,
 };
 pub use loader::{ConfigLoader, LoadedConfig, Source, DEFAULT_ENV_PREFIX};
 pub use reference::reference_markdown;

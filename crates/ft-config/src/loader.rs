@@ -791,6 +791,13 @@ mod tests {
             .load()
             .expect("valid");
         assert_eq!(loaded.config.lora.rank, 32);
+
+        // Slices of &str and Vec<String> both work as overrides.
+        let args = vec!["lora.rank=2".to_owned()];
+        let from_vec = ConfigLoader::new().overrides(&args).load().expect("valid");
+        let slice: &[&str] = &["lora.rank=2"];
+        let from_slice = ConfigLoader::new().overrides(slice).load().expect("valid");
+        assert_eq!(from_vec.config, from_slice.config);
     }
 
     #[test]

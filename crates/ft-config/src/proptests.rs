@@ -9,18 +9,51 @@ use proptest::prelude::*;
 use crate::schema;
 use crate::{Config, ConfigLoader, Error, LoadedConfig, Result, Source};
 
-/// Small trees over a few keys, so that layers overlap often.
-fn tree() -> impl Strategy<Value = Dict> {
-    let leaf = prop_oneof![
+/// A leaf value of any type.
+fn leaf() -> impl Strategy<Value = Value> {
+    prop_oneof![
         any::<i64>().prop_map(Value::from),
         "[a-z]{0,3}".prop_map(Value::from),
         any::<bool>().prop_map(Value::from),
         prop::collection::vec(any::<i8>(), 0..3).prop_map(Value::from),
-    ];
-    let value = leaf.prop_recursive(2, 12, 3, |inner| {
-        prop::collection::btree_map("[abc]", inner, 0..3).prop_map(Value::from)
-    });
-    prop::collection::btree_map("[abcd]", value, 0..4)
+    ]
+}
+
+/// Trees shaped like a configuration: whether a key holds a table depends
+/// only on its name (`a`, `b`, `x`, `y`, `p`, `q` hold values; `c`, `d`, `z`
+/// hold tables), as it does for keys of the schema. Few keys, so that layers
+/// overlap often.
+///
+/// Replace-merging is not associative when a value replaces a table in one
+/// layer and a table comes back in a later one (`{d: {a: 0}}`, `{d: 0}`,
+/// `{d: {}}`); the loader therefore always folds layers in precedence order,
+/// and the property is stated for schema-shaped trees.
+fn tree() -> impl Strategy<Value = Dict> {
+    let innermost = prop::collection::btree_map("[pq]", leaf(), 0..3).prop_map(Value::from);
+    let table =
+        prop::collection::btree_map("[xyz]", (leaf(), innermost), 0..4).prop_map(|entries| {
+            let table: Dict = entries
+                .into_iter()
+                .map(|(key, (leaf, table))| {
+                    let value = if key == "z" { table } else { leaf };
+                    (key, value)
+                })
+                .collect();
+            Value::from(table)
+        });
+    prop::collection::btree_map("[abcd]", (leaf(), table), 0..4).prop_map(|entries| {
+        entries
+            .into_iter()
+            .map(|(key, (leaf, table))| {
+                let value = if key == "c" || key == "d" {
+                    table
+                } else {
+                    leaf
+                };
+                (key, value)
+            })
+            .collect()
+    })
 }
 
 fn merged(layers: &[&Dict]) -> Option<Value> {

@@ -33,7 +33,9 @@ pub enum ValidationErrorKind {
 /// One problem with the settings, located by key path and origin.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ValidationError {
-    /// Dotted key path of the offending setting, e.g. `training.batch_size`.
+    /// Dotted key path of the offending setting, e.g. `training.batch_size`;
+    /// empty when the problem is not about one key (a `--set` argument
+    /// without `=`, say).
     pub key: String,
     /// What kind of problem it is.
     pub kind: ValidationErrorKind,
