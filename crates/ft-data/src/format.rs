@@ -473,14 +473,15 @@ fn check_messages(
 }
 
 fn check_role_order(roles: &[Option<Role>], sink: &mut LineSink<'_>) {
+    if roles.iter().any(Option::is_none) {
+        // Some message is already in error; order checks on a partial list would mislead.
+        return;
+    }
     let role_path = |i: usize| format!("messages[{i}].role");
     let mut previous: Option<Role> = None;
     let mut first_turn_checked = false;
     for (i, role) in roles.iter().enumerate() {
-        let Some(role) = *role else {
-            previous = None;
-            continue;
-        };
+        let Some(role) = *role else { continue };
         match role {
             Role::System if i > 0 => {
                 let d = sink.error(
@@ -524,10 +525,6 @@ fn check_role_order(roles: &[Option<Role>], sink: &mut LineSink<'_>) {
         .enumerate()
         .filter_map(|(i, r)| r.map(|r| (i, r)))
         .collect();
-    if known.len() < roles.len() {
-        // Some role is already in error; order checks on a partial list would mislead.
-        return;
-    }
     if !known.iter().any(|(_, r)| *r == Role::Assistant) {
         let d = sink.error(
             DiagnosticKind::NoAssistantTurn,

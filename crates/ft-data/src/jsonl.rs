@@ -137,15 +137,12 @@ pub fn parse_jsonl(file: &str, bytes: &[u8], format: Option<Format>) -> ParsedFi
         let names = names.into_iter().collect::<Vec<_>>().join(", ");
         let first_line = unknown_fields.iter().map(|(_, l)| *l).min().unwrap_or(0);
         tracing::warn!(file, fields = %names, "ignoring fields no format uses");
-        parsed.diagnostics.push(
-            Diagnostic::warning(
-                file,
-                first_line,
-                DiagnosticKind::UnknownFields,
-                format!("ignored fields: {names}"),
-            )
-            .related(first_line),
-        );
+        parsed.diagnostics.push(Diagnostic::warning(
+            file,
+            first_line,
+            DiagnosticKind::UnknownFields,
+            format!("ignored fields: {names}"),
+        ));
     }
     if parsed.examples.is_empty() && !parsed.diagnostics.iter().any(Diagnostic::is_error) {
         parsed.diagnostics.push(Diagnostic::error(
