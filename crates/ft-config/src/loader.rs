@@ -204,9 +204,10 @@ impl ConfigLoader {
 
         let mut origins: HashMap<String, (usize, Source)> = HashMap::new();
         let mut figment = Figment::new();
-        for layer in &layers {
-            origins.insert(layer.name(), (layer.tier, layer.source.clone()));
-            figment = figment.merge(layer);
+        for (id, layer) in layers.iter().enumerate() {
+            let provider = LayerProvider { id, layer };
+            origins.insert(provider.name(), (layer.tier, layer.source.clone()));
+            figment = figment.merge(provider);
         }
         let origin = |value: &Value| {
             let metadata = figment.get_metadata(value.tag())?;
@@ -314,7 +315,7 @@ fn syntax_error(message: String, source: Source) -> ValidationError {
     }
 }
 
-/// One source of settings, as a figment provider.
+/// One source of settings: its origin, precedence class and values.
 struct Layer {
     source: Source,
     /// Precedence class: layers of one tier (the environment, `--set`)
@@ -323,24 +324,30 @@ struct Layer {
     data: Dict,
 }
 
-impl Layer {
-    /// The metadata name, which maps a value's tag back to its layer.
+/// A layer as a figment provider. Its metadata name, unique thanks to `id`,
+/// maps a merged value's tag back to the layer.
+struct LayerProvider<'a> {
+    id: usize,
+    layer: &'a Layer,
+}
+
+impl LayerProvider<'_> {
     fn name(&self) -> String {
-        self.source.to_string()
+        format!("{} (layer {})", self.layer.source, self.id)
     }
 }
 
-impl Provider for Layer {
+impl Provider for LayerProvider<'_> {
     fn metadata(&self) -> Metadata {
         let metadata = Metadata::named(self.name());
-        match &self.source {
+        match &self.layer.source {
             Source::File { path, .. } => metadata.source(path.as_path()),
             _ => metadata,
         }
     }
 
     fn data(&self) -> figment::Result<Map<Profile, Dict>> {
-        Ok(Profile::Default.collect(self.data.clone()))
+        Ok(Profile::Default.collect(self.layer.data.clone()))
     }
 }
 
@@ -1203,6 +1210,16 @@ mod tests {
             .load()
             .expect("valid");
         assert_eq!(loaded.config.training.length(), TrainingLength::Epochs(1));
+    }
+
+    #[test]
+    fn layers_with_the_same_name_stay_distinct() {
+        let loaded = ConfigLoader::new()
+            .toml_str("run.toml", "[training]\nsteps = 10\n")
+            .toml_str("run.toml", "[training]\nepochs = 2\n")
+            .load()
+            .expect("the later file replaces steps with epochs");
+        assert_eq!(loaded.config.training.length(), TrainingLength::Epochs(2));
     }
 
     #[test]
