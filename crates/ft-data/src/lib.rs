@@ -25,6 +25,8 @@ pub mod template;
 pub mod tokenizer;
 
 #[cfg(test)]
+mod proptests;
+#[cfg(test)]
 mod test_support;
 
 pub use batch::{Batch, BatchOptions, Batcher, Cursor, Plan};

@@ -166,7 +166,7 @@ fn matches_the_reference_encoder_on_the_corpus() {
     let Some(reference) = reference() else { return };
     assert_eq!(reference.vocab.len(), 32768);
     assert!(reference.corpus.len() >= 200);
-    let tokenizer = build(&reference);
+    let tokenizer = build(reference);
     assert_eq!(
         encode(&tokenizer, "Hello world!"),
         vec![1, 23325, 2294, 29576]
@@ -198,7 +198,7 @@ fn matches_the_reference_encoder_on_the_corpus() {
 #[test]
 fn mistral_v3_format_uses_control_tokens_3_and_4() {
     let Some(reference) = reference() else { return };
-    let tokenizer = build(&reference);
+    let tokenizer = build(reference);
     let formatter = ChatFormatter::new(&TemplateChoice::MistralV3, &tokenizer).unwrap();
     let messages = vec![
         Message::new(Role::System, "Be brief."),
