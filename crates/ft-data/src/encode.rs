@@ -181,13 +181,16 @@ impl<'t> Encoder<'t> {
             Example::Text { text } => {
                 // Plain text may hold pre-formatted chats: special tokens in it count.
                 let special = self.tokenizer.special();
-                let mut ids = Vec::new();
+                let mut ids = self.tokenizer.encode(text)?;
                 if let (true, Some(bos)) = (special.add_bos, special.bos) {
-                    ids.push(bos);
+                    if ids.first() != Some(&bos) {
+                        ids.insert(0, bos);
+                    }
                 }
-                ids.extend(self.tokenizer.encode(text)?);
                 if let Some(eos) = special.eos {
-                    ids.push(eos);
+                    if ids.last() != Some(&eos) {
+                        ids.push(eos);
+                    }
                 }
                 let mask = vec![true; ids.len()];
                 Tokenized { ids, mask }
@@ -382,6 +385,13 @@ mod tests {
         assert_eq!(t.ids.first(), Some(&1));
         assert_eq!(t.ids.last(), Some(&2));
         assert!(!t.mask[0] && t.mask[1..].iter().all(|m| *m));
+        // Pre-formatted text that already has BOS/EOS does not get them twice.
+        let again = enc
+            .encode(&Example::Text {
+                text: "<s> hi ab</s>".into(),
+            })
+            .unwrap();
+        assert_eq!(again.ids, t.ids);
     }
 
     #[test]

@@ -780,6 +780,122 @@ mod tests {
     }
 
     #[test]
+    fn loads_tokenizer_json_with_config() {
+        let dir = tempfile::tempdir().unwrap();
+        let tiny = tiny_spm();
+        tiny.inner()
+            .save(dir.path().join("tokenizer.json"), false)
+            .unwrap();
+        let config = serde_json::json!({
+            "bos_token": {"content": "<s>", "special": true},
+            "eos_token": "</s>",
+            "add_bos_token": true,
+            "chat_template": [
+                {"name": "tool_use", "template": "tools"},
+                {"name": "default", "template": "{{ bos_token }}{% for m in messages %}{{ m.content }}{% endfor %}"}
+            ]
+        });
+        std::fs::write(dir.path().join("tokenizer_config.json"), config.to_string()).unwrap();
+        let tok = TextTokenizer::from_path(dir.path()).unwrap();
+        let s = tok.special();
+        assert_eq!(
+            (s.bos, s.eos, s.add_bos, s.add_eos),
+            (Some(1), Some(2), true, false)
+        );
+        assert_eq!(tok.bos_text(), Some("<s>"));
+        assert!(tok.chat_template().unwrap().starts_with("{{ bos_token }}"));
+        assert_eq!(
+            tok.encode_literal("hi ab").unwrap(),
+            tiny.encode_literal("hi ab").unwrap()
+        );
+
+        // Without add_bos_token, the post-processor decides (none here: no BOS).
+        std::fs::write(
+            dir.path().join("tokenizer_config.json"),
+            r#"{"bos_token": "<s>"}"#,
+        )
+        .unwrap();
+        let tok = TextTokenizer::from_tokenizer_json(dir.path().join("tokenizer.json")).unwrap();
+        assert!(!tok.special().add_bos);
+        assert!(tok.chat_template().is_none());
+    }
+
+    #[test]
+    fn builds_sentencepiece_from_gguf_metadata() {
+        use crate::gguf::{write::gguf_bytes, GgufValue};
+        let tiny = tiny_spm();
+        let n = tiny.vocab_size() as u32;
+        let mut tokens = Vec::new();
+        let mut scores = Vec::new();
+        let mut types = Vec::new();
+        for id in 0..n {
+            let piece = tiny.piece(id).unwrap();
+            let kind = match id {
+                0 => 2,
+                1..=4 => 3,
+                _ if piece.starts_with("<0x") => 6,
+                _ => 1,
+            };
+            scores.push(GgufValue::F32(-(id as f32)));
+            types.push(GgufValue::I32(kind));
+            tokens.push(GgufValue::String(piece));
+        }
+        let bytes = gguf_bytes(&[
+            ("tokenizer.ggml.model", GgufValue::String("llama".into())),
+            ("tokenizer.ggml.tokens", GgufValue::Array(tokens)),
+            ("tokenizer.ggml.scores", GgufValue::Array(scores)),
+            ("tokenizer.ggml.token_type", GgufValue::Array(types)),
+            ("tokenizer.ggml.bos_token_id", GgufValue::U32(1)),
+            ("tokenizer.ggml.eos_token_id", GgufValue::U32(2)),
+            (
+                "tokenizer.chat_template",
+                GgufValue::String("{{ messages[0].content }}".into()),
+            ),
+        ]);
+        let meta = GgufMetadata::read(bytes.as_slice(), bytes.len() as u64).unwrap();
+        let tok = TextTokenizer::from_gguf_metadata(&meta).unwrap();
+        let s = tok.special();
+        assert_eq!(
+            (s.bos, s.eos, s.add_bos, s.unk),
+            (Some(1), Some(2), true, Some(0))
+        );
+        assert!(tok.chat_template().is_some());
+        // Merges derived from the scores give the same pieces as the original.
+        for text in ["the world", "hi ab", "ab ab éh"] {
+            assert_eq!(
+                tok.encode_literal(text).unwrap(),
+                tiny.encode_literal(text).unwrap(),
+                "{text}"
+            );
+            let ids = tok.encode_literal(text).unwrap();
+            assert_eq!(tok.decode(&ids, false).unwrap(), text);
+        }
+        // Control tokens are never made from text by merges.
+        assert!(!tok.encode_literal("[INST]").unwrap().contains(&3));
+
+        // Broken metadata gives errors, not panics.
+        let bad = gguf_bytes(&[("tokenizer.ggml.model", GgufValue::String("rwkv".into()))]);
+        let meta = GgufMetadata::read(bad.as_slice(), bad.len() as u64).unwrap();
+        assert!(TextTokenizer::from_gguf_metadata(&meta).is_err());
+        let bad = gguf_bytes(&[
+            ("tokenizer.ggml.model", GgufValue::String("gpt2".into())),
+            (
+                "tokenizer.ggml.tokens",
+                GgufValue::Array(vec![GgufValue::String("a".into())]),
+            ),
+            (
+                "tokenizer.ggml.merges",
+                GgufValue::Array(vec![GgufValue::String("a".into())]),
+            ),
+        ]);
+        let meta = GgufMetadata::read(bad.as_slice(), bad.len() as u64).unwrap();
+        let err = TextTokenizer::from_gguf_metadata(&meta)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("merge 0"), "{err}");
+    }
+
+    #[test]
     fn default_model_gguf_tokenizer() {
         let path = default_model_path();
         if !path.exists() {
