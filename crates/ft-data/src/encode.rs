@@ -388,7 +388,7 @@ mod tests {
         // Pre-formatted text that already has BOS/EOS does not get them twice.
         let again = enc
             .encode(&Example::Text {
-                text: "<s> hi ab</s>".into(),
+                text: "<s>hi ab</s>".into(),
             })
             .unwrap();
         assert_eq!(again.ids, t.ids);
