@@ -253,20 +253,16 @@ impl TextTokenizer {
         let pad = id_of(&token_text("pad_token"));
         let unk = id_of(&token_text("unk_token"));
         // Without an explicit setting, ask the tokenizer's post-processor.
-        let add_bos = match config.get("add_bos_token").and_then(Value::as_bool) {
-            Some(add) => add,
-            None => match (bos, tokenizer.encode("a", true)) {
-                (Some(bos), Ok(enc)) => enc.get_ids().first() == Some(&bos),
-                _ => false,
-            },
-        };
-        let add_eos = match config.get("add_eos_token").and_then(Value::as_bool) {
-            Some(add) => add,
-            None => match (eos, tokenizer.encode("a", true)) {
-                (Some(eos), Ok(enc)) => enc.get_ids().last() == Some(&eos),
-                _ => false,
-            },
-        };
+        let probe = tokenizer.encode("a", true).ok();
+        let probe_ids = probe.as_ref().map(|e| e.get_ids()).unwrap_or_default();
+        let add_bos = config
+            .get("add_bos_token")
+            .and_then(Value::as_bool)
+            .unwrap_or_else(|| bos.is_some() && probe_ids.first() == bos.as_ref());
+        let add_eos = config
+            .get("add_eos_token")
+            .and_then(Value::as_bool)
+            .unwrap_or_else(|| eos.is_some() && probe_ids.last() == eos.as_ref());
         let special = SpecialTokens {
             bos,
             eos,
@@ -500,6 +496,9 @@ impl TextTokenizer {
         let bpe = builder.build().map_err(DataError::tokenizer)?;
         let mut tokenizer = Tokenizer::new(bpe);
 
+        // The dummy prefix goes on every text segment, including text right
+        // after a special token, as llama.cpp does for SentencePiece vocabularies
+        // (and as SentencePiece does for each separately encoded piece of text).
         let mut normalizers: Vec<NormalizerWrapper> = Vec::new();
         if options.add_space_prefix {
             normalizers.push(Prepend::new("▁".into()).into());
