@@ -438,7 +438,7 @@ mod tests {
             ids: (0..len as u32)
                 .map(|i| 10 + i + line as u32 * 1000)
                 .collect(),
-            mask: (0..len).map(|i| i > 0 && (i + line) % 3 > 0).collect(),
+            mask: (0..len).map(|i| i > 0 && (i + line) % 3 != 1).collect(),
             truncated: false,
         }
     }
