@@ -1,70 +1,11 @@
 //! Properties of layering and input handling: merging order, precedence, and
 //! no panics on arbitrary `--set`, environment or file input.
 
-use figment::providers::Serialized;
-use figment::value::{Dict, Value};
-use figment::Figment;
+use figment::value::Value;
 use proptest::prelude::*;
 
 use crate::schema;
 use crate::{Config, ConfigLoader, Error, LoadedConfig, Result, Source};
-
-/// A leaf value of any type.
-fn leaf() -> impl Strategy<Value = Value> {
-    prop_oneof![
-        any::<i64>().prop_map(Value::from),
-        "[a-z]{0,3}".prop_map(Value::from),
-        any::<bool>().prop_map(Value::from),
-        prop::collection::vec(any::<i8>(), 0..3).prop_map(Value::from),
-    ]
-}
-
-/// Trees shaped like a configuration: whether a key holds a table depends
-/// only on its name (`a`, `b`, `x`, `y`, `p`, `q` hold values; `c`, `d`, `z`
-/// hold tables), as it does for keys of the schema. Few keys, so that layers
-/// overlap often.
-///
-/// Replace-merging is not associative when a value replaces a table in one
-/// layer and a table comes back in a later one (`{d: {a: 0}}`, `{d: 0}`,
-/// `{d: {}}`); the loader therefore always folds layers in precedence order,
-/// and the property is stated for schema-shaped trees.
-fn tree() -> impl Strategy<Value = Dict> {
-    let innermost = prop::collection::btree_map("[pq]", leaf(), 0..3).prop_map(Value::from);
-    let table =
-        prop::collection::btree_map("[xyz]", (leaf(), innermost), 0..4).prop_map(|entries| {
-            let table: Dict = entries
-                .into_iter()
-                .map(|(key, (leaf, table))| {
-                    let value = if key == "z" { table } else { leaf };
-                    (key, value)
-                })
-                .collect();
-            Value::from(table)
-        });
-    prop::collection::btree_map("[abcd]", (leaf(), table), 0..4).prop_map(|entries| {
-        entries
-            .into_iter()
-            .map(|(key, (leaf, table))| {
-                let value = if key == "c" || key == "d" {
-                    table
-                } else {
-                    leaf
-                };
-                (key, value)
-            })
-            .collect()
-    })
-}
-
-fn merged(layers: &[&Dict]) -> Option<Value> {
-    layers
-        .iter()
-        .fold(Figment::new(), |figment, layer| {
-            figment.merge(Serialized::defaults(*layer))
-        })
-        .find_value("")
-        .ok()
-}
 
 /// Loading must end in a config or in located validation errors.
 fn assert_ok_or_located(result: &Result<LoadedConfig>) -> Result<(), TestCaseError> {
@@ -94,14 +35,6 @@ const INT_KEYS: &[(&str, i64, i64)] = &[
 ];
 
 proptest! {
-    #[test]
-    fn merging_is_associative(a in tree(), b in tree(), c in tree()) {
-        let left = merged(&[&a, &b, &c]);
-        let inner = merged(&[&b, &c]).and_then(Value::into_dict).unwrap_or_default();
-        let right = merged(&[&a, &inner]);
-        prop_assert_eq!(left, right);
-    }
-
     #[test]
     fn the_highest_layer_that_sets_a_key_wins(
         key_index in 0..INT_KEYS.len(),
