@@ -313,10 +313,7 @@ impl Model {
         let attended = self.attention(index, layer, &normed, adapter, cache, offset, mask)?;
         let h = x.add(&attended)?;
         let normed = fast::rms_norm(&h, Some(&layer.post_attention_layernorm), eps)?;
-        let project = |p: Projection, input: &Array| -> Result<Array> {
-            let base = layer.projection(p).forward(input)?;
-            adapter.adapt(index, p, input, base)
-        };
+        let project = |p: Projection, input: &Array| project(layer, index, adapter, p, input);
         let gate = project(Projection::Gate, &normed)?;
         let up = project(Projection::Up, &normed)?;
         let activated = mlx_rs::nn::silu(&gate)?.multiply(&up)?;
@@ -338,10 +335,7 @@ impl Model {
         let args = &self.args;
         let (batch, length) = (x.shape()[0], x.shape()[1]);
         let head_dim = args.head_dim as i32;
-        let project = |p: Projection, input: &Array| -> Result<Array> {
-            let base = layer.projection(p).forward(input)?;
-            adapter.adapt(index, p, input, base)
-        };
+        let project = |p: Projection, input: &Array| project(layer, index, adapter, p, input);
         let split_heads = |t: Array, heads: usize| -> Result<Array> {
             Ok(t.reshape(&[batch, length, heads as i32, head_dim])?
                 .transpose_axes(&[0, 2, 1, 3])?)
@@ -473,6 +467,18 @@ impl Model {
         named.push(("model.norm.weight".into(), self.norm.clone()));
         named
     }
+}
+
+/// A projection of `layer` (number `index`) with its adapter applied.
+fn project(
+    layer: &DecoderLayer,
+    index: usize,
+    adapter: &dyn LinearAdapter,
+    projection: Projection,
+    input: &Array,
+) -> Result<Array> {
+    let base = layer.projection(projection).forward(input)?;
+    adapter.adapt(index, projection, input, base)
 }
 
 /// Llama-3 RoPE: long wavelengths are stretched by `factor`, short ones
