@@ -123,6 +123,17 @@ fn e2e(root: &Path) -> Result<()> {
             .arg("doctor")
             .current_dir(root),
     )?;
+    shell::step("ft inspect: load the default model and run a forward pass");
+    shell::run(
+        std::process::Command::new(&ft)
+            .args([
+                "inspect",
+                "--model",
+                "smollm2-135m-instruct",
+                "--dequantize",
+            ])
+            .current_dir(root),
+    )?;
     println!("\ne2e: all steps passed");
     Ok(())
 }
