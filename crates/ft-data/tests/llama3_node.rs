@@ -20,15 +20,7 @@ fn matches_llama3_tokenizer_js() {
     let corpus_path = common::fixtures().join("mistral_corpus.json");
     let dump = common::run_node("llama3_dump.cjs", &[&modules, &corpus_path]);
     let vocab = common::strings(&dump["vocab"]);
-    let merges: Vec<(String, String)> = dump["merges"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|pair| {
-            let pair = common::strings(pair);
-            (pair[0].clone(), pair[1].clone())
-        })
-        .collect();
+    let merges = common::merge_pairs(&dump["merges"]);
     let encodings: Vec<Vec<u32>> = serde_json::from_value(dump["encodings"].clone()).unwrap();
     assert_eq!(vocab.len(), 128_256);
 

@@ -40,15 +40,7 @@ fn load_reference() -> Option<Reference> {
     let dump = common::run_node("mistral_dump.cjs", &[&modules, &corpus_path]);
     Some(Reference {
         vocab: common::strings(&dump["vocab"]),
-        merges: dump["merges"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|pair| {
-                let pair = common::strings(pair);
-                (pair[0].clone(), pair[1].clone())
-            })
-            .collect(),
+        merges: common::merge_pairs(&dump["merges"]),
         corpus: common::corpus(),
         encodings: serde_json::from_value(dump["encodings"].clone()).unwrap(),
     })

@@ -3,31 +3,13 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::path::{Path, PathBuf};
-
 use ft_data::{
     estimate_epoch, BatchOptions, Cursor, DataOptions, Dataset, EncodeOptions, Format, LabelFilter,
-    TextTokenizer,
 };
 
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(name)
-}
+mod common;
 
-fn default_tokenizer() -> Option<TextTokenizer> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../.ft/models/SmolLM2-135M-Instruct.Q4_1.gguf");
-    if !path.exists() {
-        eprintln!(
-            "skip: {} not found (run `cargo xtask setup`)",
-            path.display()
-        );
-        return None;
-    }
-    Some(TextTokenizer::from_gguf(path).unwrap())
-}
+use common::{default_tokenizer, fixture};
 
 #[test]
 fn chat_file_to_batches_and_renders() {

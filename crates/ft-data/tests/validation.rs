@@ -3,31 +3,14 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::path::{Path, PathBuf};
-
 use ft_data::{
     check_structure, validate, DataOptions, Dataset, DiagnosticKind as K, EncodeOptions, Format,
-    OverLengthPolicy, Severity, TextTokenizer, ValidationReport,
+    OverLengthPolicy, Severity, ValidationReport,
 };
 
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(name)
-}
+mod common;
 
-fn default_tokenizer() -> Option<TextTokenizer> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../.ft/models/SmolLM2-135M-Instruct.Q4_1.gguf");
-    if !path.exists() {
-        eprintln!(
-            "skip: {} not found (run `cargo xtask setup`)",
-            path.display()
-        );
-        return None;
-    }
-    Some(TextTokenizer::from_gguf(path).unwrap())
-}
+use common::{default_tokenizer, fixture};
 
 /// The structural defects of `defects.jsonl`: (line, kind, field, severity).
 fn expected_structural() -> Vec<(usize, K, Option<&'static str>, Severity)> {

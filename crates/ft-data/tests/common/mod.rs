@@ -1,4 +1,5 @@
-//! Helpers for the tests that compare against reference JavaScript tokenizers.
+//! Helpers shared by the integration tests: fixtures, the default model's
+//! tokenizer, and the reference JavaScript tokenizers.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::{Path, PathBuf};
@@ -8,6 +9,26 @@ use std::sync::Mutex;
 /// `<workspace>/crates/ft-data/tests/fixtures`.
 pub fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+}
+
+/// A file under the fixtures folder.
+pub fn fixture(name: &str) -> PathBuf {
+    fixtures().join(name)
+}
+
+/// The default model's tokenizer, or `None` (with a skip note) before
+/// `cargo xtask setup` has installed the model.
+pub fn default_tokenizer() -> Option<ft_data::TextTokenizer> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../.ft/models/SmolLM2-135M-Instruct.Q4_1.gguf");
+    if !path.exists() {
+        eprintln!(
+            "skip: {} not found (run `cargo xtask setup`)",
+            path.display()
+        );
+        return None;
+    }
+    Some(ft_data::TextTokenizer::from_gguf(path).unwrap())
 }
 
 fn tool_works(name: &str) -> bool {
@@ -90,5 +111,17 @@ pub fn strings(v: &serde_json::Value) -> Vec<String> {
         .unwrap()
         .iter()
         .map(|s| s.as_str().unwrap().to_string())
+        .collect()
+}
+
+/// A JSON array of `[left, right]` string pairs (BPE merges).
+pub fn merge_pairs(v: &serde_json::Value) -> Vec<(String, String)> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|pair| {
+            let pair = strings(pair);
+            (pair[0].clone(), pair[1].clone())
+        })
         .collect()
 }
