@@ -25,6 +25,22 @@ struct Check {
     detail: String,
 }
 
+impl Check {
+    /// A check from a measurement: `judge` gives (passed, detail) for a
+    /// value; an error fails the check with its message.
+    fn from_result<T, E: std::fmt::Display>(
+        name: &'static str,
+        result: &Result<T, E>,
+        judge: impl FnOnce(&T) -> (bool, String),
+    ) -> Self {
+        let (ok, detail) = match result {
+            Ok(value) => judge(value),
+            Err(error) => (false, error.to_string()),
+        };
+        Self { name, ok, detail }
+    }
+}
+
 pub fn run(args: &Args) -> Result<(), Failure> {
     let mut checks = Vec::new();
     let mlx_version = runtime::mlx_version();
@@ -34,18 +50,9 @@ pub fn run(args: &Args) -> Result<(), Failure> {
         detail: mlx_version.clone(),
     });
     let device = runtime::default_device();
-    checks.push(match &device {
-        Ok(device) => Check {
-            name: "default device",
-            ok: true,
-            detail: (*device).to_string(),
-        },
-        Err(error) => Check {
-            name: "default device",
-            ok: false,
-            detail: error.to_string(),
-        },
-    });
+    checks.push(Check::from_result("default device", &device, |device| {
+        (true, (*device).to_string())
+    }));
     let on_cpu = matches!(device, Ok("cpu"));
 
     let matmul = runtime::measure_matmul(MATMUL_N, Duration::from_millis(1500));
@@ -65,37 +72,29 @@ pub fn run(args: &Args) -> Result<(), Failure> {
         ok: blas_ok,
         detail: blas_detail,
     });
-    checks.push(match &matmul {
-        Ok(rate) => Check {
-            name: "fp32 matmul 1024x1024",
-            ok: !on_cpu || rate.gflops >= MIN_CPU_GFLOPS,
-            detail: format!(
-                "{:.1} GFLOP/s over {} products (max relative error {:.1e})",
-                rate.gflops, rate.repetitions, rate.max_relative_error
-            ),
+    checks.push(Check::from_result(
+        "fp32 matmul 1024x1024",
+        &matmul,
+        |rate| {
+            (
+                !on_cpu || rate.gflops >= MIN_CPU_GFLOPS,
+                format!(
+                    "{:.1} GFLOP/s over {} products (max relative error {:.1e})",
+                    rate.gflops, rate.repetitions, rate.max_relative_error
+                ),
+            )
         },
-        Err(error) => Check {
-            name: "fp32 matmul 1024x1024",
-            ok: false,
-            detail: error.to_string(),
-        },
-    });
+    ));
     let gradient = runtime::gradient_check();
-    checks.push(match &gradient {
-        Ok(check) => Check {
-            name: "gradient check",
-            ok: true,
-            detail: format!(
+    checks.push(Check::from_result("gradient check", &gradient, |check| {
+        (
+            true,
+            format!(
                 "value_and_grad of sum(x^3 + sin x): max abs error {:.1e}",
                 check.max_abs_error
             ),
-        },
-        Err(error) => Check {
-            name: "gradient check",
-            ok: false,
-            detail: error.to_string(),
-        },
-    });
+        )
+    }));
 
     let all_ok = checks.iter().all(|check| check.ok);
     if args.json {

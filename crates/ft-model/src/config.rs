@@ -258,6 +258,22 @@ impl ModelArgs {
         })
     }
 
+    /// `(out_features, in_features)` of a projection's weight matrix.
+    pub fn projection_shape(&self, projection: crate::Projection) -> (i32, i32) {
+        use crate::Projection::*;
+        let hidden = self.hidden_size as i32;
+        let q_out = (self.num_heads * self.head_dim) as i32;
+        let kv_out = (self.num_kv_heads * self.head_dim) as i32;
+        let ffn = self.intermediate_size as i32;
+        match projection {
+            Q => (q_out, hidden),
+            K | V => (kv_out, hidden),
+            O => (hidden, q_out),
+            Gate | Up => (ffn, hidden),
+            Down => (hidden, ffn),
+        }
+    }
+
     /// The config.json that describes these arguments.
     pub fn to_hf(&self) -> HfConfig {
         HfConfig {

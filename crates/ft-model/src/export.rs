@@ -88,7 +88,8 @@ pub fn save_hf_dir(model: &Model, dir: &Path, options: &ExportOptions) -> Result
         config["quantization"] = serde_json::json!({ "group_size": group_size, "bits": bits });
     }
     config["torch_dtype"] = serde_json::json!(dtype_name(norm_dtype));
-    write_dir(dir, &config, &tensors, options.max_shard_bytes)
+    let shards = shards_by_size(&tensors, options.max_shard_bytes);
+    write_dir(dir, &config, &tensors, &shards)
 }
 
 fn dtype_name(dtype: Dtype) -> &'static str {
@@ -99,18 +100,9 @@ fn dtype_name(dtype: Dtype) -> &'static str {
     }
 }
 
-/// Writes config.json and the tensors, sharding by size.
-pub(crate) fn write_dir(
-    dir: &Path,
-    config: &serde_json::Value,
-    tensors: &BTreeMap<String, Array>,
-    max_shard_bytes: usize,
-) -> Result<()> {
-    let io = |path: &Path| {
-        let path = path.to_path_buf();
-        move |source| Error::Io { path, source }
-    };
-    std::fs::create_dir_all(dir).map_err(io(dir))?;
+/// Groups tensor names into shards of at most `max_shard_bytes` (a tensor
+/// larger than that gets a shard of its own).
+fn shards_by_size(tensors: &BTreeMap<String, Array>, max_shard_bytes: usize) -> Vec<Vec<&String>> {
     let mut shards: Vec<Vec<&String>> = vec![Vec::new()];
     let mut current = 0_usize;
     for (name, array) in tensors {
@@ -124,6 +116,22 @@ pub(crate) fn write_dir(
             last.push(name);
         }
     }
+    shards
+}
+
+/// Writes config.json and the tensors as an HF directory: one
+/// `model.safetensors`, or the given shards plus `model.safetensors.index.json`.
+pub(crate) fn write_dir(
+    dir: &Path,
+    config: &serde_json::Value,
+    tensors: &BTreeMap<String, Array>,
+    shards: &[Vec<&String>],
+) -> Result<()> {
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| Error::Io { path, source }
+    };
+    std::fs::create_dir_all(dir).map_err(io(dir))?;
     let count = shards.len();
     let metadata: HashMap<String, String> = [("format".to_string(), "mlx".to_string())].into();
     let mut weight_map = BTreeMap::new();

@@ -307,9 +307,6 @@ pub fn assemble(
     let mut missing = Vec::new();
     let mut misshapen = Vec::new();
     let hidden = args.hidden_size as i32;
-    let q_out = (args.num_heads * args.head_dim) as i32;
-    let kv_out = (args.num_kv_heads * args.head_dim) as i32;
-    let ffn = args.intermediate_size as i32;
 
     let mut take_weight = |prefix: &str, out: i32, inp: i32| -> Option<Weight> {
         let weight = tensors.remove(&format!("{prefix}.weight"));
@@ -358,13 +355,7 @@ pub fn assemble(
     for layer in 0..args.num_layers {
         let mut projections = Vec::with_capacity(7);
         for projection in Projection::ALL {
-            let (out, inp) = match projection {
-                Projection::Q => (q_out, hidden),
-                Projection::K | Projection::V => (kv_out, hidden),
-                Projection::O => (hidden, q_out),
-                Projection::Gate | Projection::Up => (ffn, hidden),
-                Projection::Down => (hidden, ffn),
-            };
+            let (out, inp) = args.projection_shape(projection);
             projections.push(take_weight(&projection.key(layer), out, inp));
         }
         layer_weights.push(projections);

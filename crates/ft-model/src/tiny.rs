@@ -4,7 +4,7 @@
 use crate::config::{EosIds, HfConfig};
 use crate::{Error, Result};
 use mlx_rs::{random, Array};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::Path;
 
 /// Mistral-7B-v0.3's structure scaled down: vocab 32768, GQA 4:1, 2 layers.
@@ -36,9 +36,6 @@ pub fn tiny_mistral_config() -> HfConfig {
 pub fn random_weights(config: &HfConfig, seed: u64) -> Result<BTreeMap<String, Array>> {
     let args = crate::ModelArgs::from_hf(config).map_err(Error::InvalidRequest)?;
     let hidden = args.hidden_size as i32;
-    let q_out = (args.num_heads * args.head_dim) as i32;
-    let kv_out = (args.num_kv_heads * args.head_dim) as i32;
-    let ffn = args.intermediate_size as i32;
     let mut key = random::key(seed)?;
     let mut normal = |shape: &[i32], scale: f32| -> Result<Array> {
         let (next, sub) = random::split(&key, 2)?;
@@ -52,18 +49,10 @@ pub fn random_weights(config: &HfConfig, seed: u64) -> Result<BTreeMap<String, A
     );
     for layer in 0..args.num_layers {
         for projection in crate::Projection::ALL {
-            use crate::Projection::*;
-            let shape = match projection {
-                Q => [q_out, hidden],
-                K | V => [kv_out, hidden],
-                O => [hidden, q_out],
-                Gate | Up => [ffn, hidden],
-                Down => [hidden, ffn],
-            };
-            let fan_in = shape[1] as f32;
+            let (out, fan_in) = args.projection_shape(projection);
             weights.insert(
                 format!("{}.weight", projection.key(layer)),
-                normal(&shape, 1.0 / fan_in.sqrt())?,
+                normal(&[out, fan_in], 1.0 / (fan_in as f32).sqrt())?,
             );
         }
         for norm in ["input_layernorm", "post_attention_layernorm"] {
@@ -95,49 +84,14 @@ pub fn write_hf_dir(
     weights: &BTreeMap<String, Array>,
     shards: usize,
 ) -> Result<()> {
-    std::fs::create_dir_all(dir).map_err(|source| Error::Io {
-        path: dir.to_path_buf(),
-        source,
-    })?;
-    let config_path = dir.join("config.json");
-    let text = serde_json::to_string_pretty(config).map_err(|error| Error::Config {
-        path: config_path.clone(),
+    let config = serde_json::to_value(config).map_err(|error| Error::Config {
+        path: dir.join("config.json"),
         message: error.to_string(),
     })?;
-    std::fs::write(&config_path, text).map_err(|source| Error::Io {
-        path: config_path.clone(),
-        source,
-    })?;
-    let shards = shards.max(1);
     let names: Vec<&String> = weights.keys().collect();
-    let per_shard = names.len().div_ceil(shards);
-    let mut weight_map = BTreeMap::new();
-    let metadata: HashMap<String, String> = [("format".to_string(), "pt".to_string())].into();
-    for (index, chunk) in names.chunks(per_shard).enumerate() {
-        let file_name = if shards == 1 {
-            "model.safetensors".to_string()
-        } else {
-            format!("model-{:05}-of-{:05}.safetensors", index + 1, shards)
-        };
-        let path = dir.join(&file_name);
-        let arrays: Vec<(&str, &Array)> = chunk
-            .iter()
-            .map(|name| (name.as_str(), &weights[*name]))
-            .collect();
-        Array::save_safetensors(arrays, &metadata, &path).map_err(|error| Error::MlxIo {
-            path: path.clone(),
-            message: error.to_string(),
-        })?;
-        for name in chunk {
-            weight_map.insert((*name).clone(), file_name.clone());
-        }
-    }
-    if shards > 1 {
-        let index = serde_json::json!({ "metadata": {}, "weight_map": weight_map });
-        let path = dir.join("model.safetensors.index.json");
-        std::fs::write(&path, index.to_string()).map_err(|source| Error::Io { path, source })?;
-    }
-    Ok(())
+    let per_shard = names.len().div_ceil(shards.max(1)).max(1);
+    let shards: Vec<Vec<&String>> = names.chunks(per_shard).map(<[_]>::to_vec).collect();
+    crate::export::write_dir(dir, &config, weights, &shards)
 }
 
 #[cfg(test)]
