@@ -14,7 +14,8 @@ use std::path::{Path, PathBuf};
 pub const MLX_RS_VERSION: &str = "0.33.0";
 pub const MLX_SYS_VERSION: &str = "0.7.0";
 
-/// Bump when an edit or `ft_linux.rs` changes, so existing checkouts re-patch.
+/// Bump to force existing checkouts to re-patch (edits and `ft_linux.rs`
+/// are also covered by a digest in the stamp).
 const PATCH_SET: &str = "mlx-ft-linux-patches-v1";
 
 /// Our build-script module, copied next to mlx-sys's build.rs on Linux.
@@ -83,9 +84,9 @@ pub fn ensure_patched(root: &Path, ft: &Path, runtime: Option<&Path>) -> Result<
     let patched = ft.join("patched");
     let stamp_path = patched.join("stamp");
     let stamp = format!(
-        "{PATCH_SET}\nmlx-rs {MLX_RS_VERSION}\nmlx-sys {MLX_SYS_VERSION}\nruntime {}\nft_linux {}\n",
+        "{PATCH_SET}\nmlx-rs {MLX_RS_VERSION}\nmlx-sys {MLX_SYS_VERSION}\nruntime {}\ninputs {:016x}\n",
         runtime.map(|r| r.display().to_string()).unwrap_or_default(),
-        FT_LINUX_BUILD.len()
+        patch_inputs_digest()
     );
     if fs::read_to_string(&stamp_path).ok().as_deref() == Some(stamp.as_str())
         && patched.join("mlx-sys/Cargo.toml").is_file()
@@ -123,6 +124,18 @@ pub fn ensure_patched(root: &Path, ft: &Path, runtime: Option<&Path>) -> Result<
     }
     fs::write(&stamp_path, stamp)?;
     Ok(())
+}
+
+/// A digest of everything the patched copies are made from, so any change
+/// to an edit or to `ft_linux.rs` re-patches (and rebuilds mlx-sys).
+fn patch_inputs_digest() -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    FT_LINUX_BUILD.hash(&mut hasher);
+    for edit in MLX_SYS_EDITS.iter().chain(MLX_RS_EDITS) {
+        (edit.file, edit.find, edit.replace, edit.count).hash(&mut hasher);
+    }
+    hasher.finish()
 }
 
 fn apply(crate_dir: &Path, edits: &[Edit]) -> Result<()> {

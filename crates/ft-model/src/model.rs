@@ -401,10 +401,8 @@ impl Model {
             .sliding_window
             .is_some_and(|window| (window as i32) < total);
         let segmented = matches!(scope, AttentionScope::Segments(_));
-        if length == 1 && !window_applies && !segmented {
-            return Ok(None);
-        }
-        if offset == 0 && !window_applies && !segmented {
+        // One new position, or a fresh sequence: sdpa's own causal mode suffices.
+        if !window_applies && !segmented && (length == 1 || offset == 0) {
             return Ok(None);
         }
         let query_pos = ops::arange::<_, i32>(offset, total, None)?.reshape(&[length, 1])?;

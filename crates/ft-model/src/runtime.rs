@@ -173,12 +173,10 @@ pub fn measure_matmul(n: usize, budget: Duration) -> Result<MatmulRate> {
     let mut max_relative_error = 0.0_f64;
     for row in 0..corner {
         for col in 0..corner {
-            let exact: f64 = (0..n)
-                .map(|k| f64::from(a_data[row * n + k]) * f64::from(b_data[k * n + col]))
-                .sum();
-            let magnitude: f64 = (0..n)
-                .map(|k| (f64::from(a_data[row * n + k]) * f64::from(b_data[k * n + col])).abs())
-                .sum();
+            let (exact, magnitude) = (0..n).fold((0.0_f64, 0.0_f64), |(sum, abs), k| {
+                let term = f64::from(a_data[row * n + k]) * f64::from(b_data[k * n + col]);
+                (sum + term, abs + term.abs())
+            });
             let error = (f64::from(c_data[row * n + col]) - exact).abs() / magnitude.max(1e-30);
             max_relative_error = max_relative_error.max(error);
         }
