@@ -5,4 +5,17 @@
 //! gradient accumulation, with exactly restorable optimizer state.
 //!
 //! It must not know about models, adapters, data or configuration files: it
-//! works on named parameter and gradient arrays only.
+//! works on parameter and gradient arrays only, in a fixed order the caller
+//! owns.
+
+pub mod accumulate;
+pub mod clip;
+pub mod error;
+pub mod optimizer;
+pub mod schedule;
+
+pub use accumulate::GradAccumulator;
+pub use clip::{clip_by_global_norm, global_norm};
+pub use error::{OptimError, Result};
+pub use optimizer::{AdamW, Optimizer, OptimizerState, Sgd};
+pub use schedule::{Schedule, ScheduleShape};
