@@ -5,6 +5,7 @@
 //! model) into git-ignored folders; `test` and `e2e` run it first, so the
 //! README's two commands are all a new machine needs.
 
+mod python;
 mod setup;
 mod shell;
 mod sources;
@@ -20,6 +21,7 @@ commands:
   test                                  setup, then fmt --check, clippy -D warnings and the whole test suite
   e2e                                   setup, then the main job on the built-in default model
   doctor [--json]                       setup, then `ft doctor`
+  venv                                  setup, then the mlx-lm reference venv (.ft/venv-mlx, same OpenBLAS)
 
 The MLX backend on Linux can also be chosen with FT_MLX_BACKEND=cpu|cuda12|cuda13;
 the choice is remembered in .ft/backend.";
@@ -64,6 +66,18 @@ fn run() -> Result<()> {
             ];
             args.extend(rest.iter().map(String::as_str));
             shell::cargo(&root, &args)?;
+        }
+        "venv" => {
+            setup::run(&root, setup::Options::parse(&[])?)?;
+            let venv = python::reference_venv(&root)?;
+            let check = python::blas_check(&root, &venv)?;
+            println!(
+                "{}: MLX {}, fp32 1024^3 matmul {:.0} GFLOP/s, OpenBLAS: {}",
+                venv.display(),
+                check.mlx_version,
+                check.gflops,
+                check.openblas
+            );
         }
         "help" | "-h" | "--help" => println!("{USAGE}"),
         other => bail!("unknown command `{other}`\n\n{USAGE}"),

