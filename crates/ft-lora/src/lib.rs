@@ -7,3 +7,19 @@
 //!
 //! It must not know about text, data, optimizers or the training loop: it
 //! sees a model and a LoRA configuration, nothing else.
+//!
+//! The trainable arrays live in one ordered `Vec<Array>` ([`LoraAdapters::params`])
+//! so the trainer can differentiate with respect to exactly them; a
+//! [`LoraView`] pairs that vector (or the tracer copies MLX hands a gradient
+//! closure) with the [`LoraLayout`] and plugs into the decoder as its
+//! [`ft_model::LinearAdapter`].
+
+pub mod adapter;
+pub mod error;
+pub mod files;
+pub mod fuse;
+
+pub use adapter::{LoraAdapters, LoraLayout, LoraSlot, LoraSpec, LoraView};
+pub use error::{LoraError, Result};
+pub use files::{AdapterFormat, LoadedAdapter};
+pub use fuse::fuse;

@@ -74,12 +74,13 @@ impl Projection {
 /// Adds to the output of a projection: how adapters (LoRA, in ft-lora)
 /// plug into the decoder without the decoder knowing about them.
 pub trait LinearAdapter {
-    /// Returns the projection's output given its input and the frozen
-    /// layer's output.
+    /// Returns the projection's output given its input, the frozen layer
+    /// and the frozen layer's output.
     fn adapt(
         &self,
         layer: usize,
         projection: Projection,
+        frozen: &Linear,
         input: &Array,
         base_output: Array,
     ) -> Result<Array>;
@@ -90,7 +91,14 @@ pub trait LinearAdapter {
 pub struct NoAdapter;
 
 impl LinearAdapter for NoAdapter {
-    fn adapt(&self, _: usize, _: Projection, _: &Array, base_output: Array) -> Result<Array> {
+    fn adapt(
+        &self,
+        _: usize,
+        _: Projection,
+        _: &Linear,
+        _: &Array,
+        base_output: Array,
+    ) -> Result<Array> {
         Ok(base_output)
     }
 }
@@ -475,8 +483,9 @@ fn project(
     projection: Projection,
     input: &Array,
 ) -> Result<Array> {
-    let base = layer.projection(projection).forward(input)?;
-    adapter.adapt(index, projection, input, base)
+    let frozen = layer.projection(projection);
+    let base = frozen.forward(input)?;
+    adapter.adapt(index, projection, frozen, input, base)
 }
 
 /// Llama-3 RoPE: long wavelengths are stretched by `factor`, short ones

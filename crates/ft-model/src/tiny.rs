@@ -94,6 +94,20 @@ pub fn write_hf_dir(
     crate::export::write_dir(dir, &config, weights, &shards)
 }
 
+/// The tiny random Mistral assembled in memory (no files), as `load_model`
+/// would load it with `options`.
+pub fn tiny_model(seed: u64, options: &crate::LoadOptions) -> Result<crate::Model> {
+    let config = tiny_mistral_config();
+    let args = crate::ModelArgs::from_hf(&config).map_err(Error::InvalidRequest)?;
+    let weights = random_weights(&config, seed)?;
+    crate::load::assemble(
+        args,
+        weights.into_iter().collect(),
+        Path::new("<tiny random mistral>"),
+        options,
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,0 +1,322 @@
+//! LoRA / DoRA adapters: where they sit, their trainable arrays, and the
+//! view that plugs them into the decoder's forward pass.
+
+use crate::{LoraError, Result};
+use ft_model::{layers::Linear, LinearAdapter, Model, ModelArgs, Projection};
+use mlx_rs::{random, Array, Dtype};
+use std::collections::HashMap;
+
+/// Shape and placement of the adapters.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LoraSpec {
+    /// Rank `r` of the update `B·A`.
+    pub rank: usize,
+    /// Scaling numerator; the update is multiplied by `alpha / rank`.
+    pub alpha: f64,
+    /// Dropout probability on the adapter input while training.
+    pub dropout: f64,
+    /// Adapted projections of each adapted layer.
+    pub targets: Vec<Projection>,
+    /// Adapted decoder layers (indices, ascending).
+    pub layers: Vec<usize>,
+    /// Weight-decomposed LoRA (a learned magnitude per output feature).
+    pub dora: bool,
+}
+
+impl LoraSpec {
+    /// The spec a configuration asks for on a model with `total_layers` blocks.
+    pub fn from_config(config: &ft_config::LoraConfig, total_layers: usize) -> Self {
+        let adapted = config.num_layers.resolve(total_layers);
+        let targets = config
+            .target_modules
+            .targets()
+            .into_iter()
+            .filter_map(|target| Projection::from_name(target.as_str()))
+            .collect();
+        LoraSpec {
+            rank: config.rank as usize,
+            alpha: config.alpha,
+            dropout: config.dropout,
+            targets,
+            layers: (total_layers - adapted..total_layers).collect(),
+            dora: config.use_dora,
+        }
+    }
+
+    /// `alpha / rank`.
+    pub fn scale(&self) -> f64 {
+        self.alpha / self.rank.max(1) as f64
+    }
+}
+
+/// One adapted projection: where it is and where its arrays start in the
+/// parameter vector (`a`, `b`, then `m` for DoRA).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LoraSlot {
+    /// Decoder layer.
+    pub layer: usize,
+    /// Projection within the layer.
+    pub projection: Projection,
+    /// Input features of the frozen layer.
+    pub in_features: i32,
+    /// Output features of the frozen layer.
+    pub out_features: i32,
+    /// Index of `a` in the parameter vector.
+    pub first: usize,
+}
+
+impl LoraSlot {
+    /// The checkpoint key prefix, e.g. `model.layers.3.self_attn.q_proj`.
+    pub fn key(&self) -> String {
+        self.projection.key(self.layer)
+    }
+}
+
+/// Where the adapters are and how their arrays are laid out; holds no arrays.
+#[derive(Clone, Debug)]
+pub struct LoraLayout {
+    /// The settings.
+    pub spec: LoraSpec,
+    /// Adapted projections, in layer then projection order.
+    pub slots: Vec<LoraSlot>,
+    lookup: HashMap<(usize, Projection), usize>,
+}
+
+impl LoraLayout {
+    /// Lays adapters out on a model with arguments `args`.
+    pub fn new(spec: LoraSpec, args: &ModelArgs) -> Result<Self> {
+        if spec.rank == 0 {
+            return Err(LoraError::Spec("lora.rank must be >= 1, got 0".into()));
+        }
+        if spec.targets.is_empty() {
+            return Err(LoraError::Spec(
+                "lora.target_modules selects no projection".into(),
+            ));
+        }
+        if let Some(&bad) = spec.layers.iter().find(|&&l| l >= args.num_layers) {
+            return Err(LoraError::Spec(format!(
+                "layer {bad} is adapted but the model has {} layers",
+                args.num_layers
+            )));
+        }
+        let per_slot = if spec.dora { 3 } else { 2 };
+        let mut slots = Vec::new();
+        let mut lookup = HashMap::new();
+        for &layer in &spec.layers {
+            for &projection in &spec.targets {
+                let (out_features, in_features) = args.projection_shape(projection);
+                lookup.insert((layer, projection), slots.len());
+                slots.push(LoraSlot {
+                    layer,
+                    projection,
+                    in_features,
+                    out_features,
+                    first: slots.len() * per_slot,
+                });
+            }
+        }
+        Ok(Self {
+            spec,
+            slots,
+            lookup,
+        })
+    }
+
+    /// Arrays per slot: 2 (`a`, `b`) or 3 with DoRA's magnitude `m`.
+    pub fn arrays_per_slot(&self) -> usize {
+        if self.spec.dora {
+            3
+        } else {
+            2
+        }
+    }
+
+    /// Number of arrays in the parameter vector.
+    pub fn num_arrays(&self) -> usize {
+        self.slots.len() * self.arrays_per_slot()
+    }
+
+    /// The mlx-lm name of every array, in parameter order
+    /// (`<key>.lora_a`, `<key>.lora_b`, `<key>.m`).
+    pub fn array_names(&self) -> Vec<String> {
+        let suffixes: &[&str] = if self.spec.dora {
+            &["lora_a", "lora_b", "m"]
+        } else {
+            &["lora_a", "lora_b"]
+        };
+        self.slots
+            .iter()
+            .flat_map(|slot| suffixes.iter().map(move |s| format!("{}.{s}", slot.key())))
+            .collect()
+    }
+
+    /// The expected shape of every array, in parameter order.
+    pub fn array_shapes(&self) -> Vec<Vec<i32>> {
+        let rank = self.spec.rank as i32;
+        self.slots
+            .iter()
+            .flat_map(|slot| {
+                let mut shapes = vec![vec![slot.in_features, rank], vec![rank, slot.out_features]];
+                if self.spec.dora {
+                    shapes.push(vec![slot.out_features]);
+                }
+                shapes
+            })
+            .collect()
+    }
+
+    /// Trainable parameters: the exact element count of all arrays.
+    pub fn trainable_parameters(&self) -> u64 {
+        self.array_shapes()
+            .iter()
+            .map(|shape| shape.iter().map(|&d| d as u64).product::<u64>())
+            .sum()
+    }
+
+    /// The slot of a projection, if it is adapted.
+    pub fn slot(&self, layer: usize, projection: Projection) -> Option<&LoraSlot> {
+        self.lookup
+            .get(&(layer, projection))
+            .map(|&index| &self.slots[index])
+    }
+
+    /// A view that adapts the decoder with `params` (laid out as this layout
+    /// says); `dropout_seed` turns dropout on (training) with masks drawn
+    /// from that seed.
+    pub fn view<'a>(&'a self, params: &'a [Array], dropout_seed: Option<u64>) -> LoraView<'a> {
+        LoraView {
+            layout: self,
+            params,
+            dropout_seed,
+        }
+    }
+}
+
+/// Adapters with their trainable arrays.
+#[derive(Clone, Debug)]
+pub struct LoraAdapters {
+    /// Placement and layout.
+    pub layout: LoraLayout,
+    /// Trainable arrays, float32, in layout order.
+    pub params: Vec<Array>,
+}
+
+impl LoraAdapters {
+    /// Fresh adapters for `model`: `a` uniform in ±1/sqrt(in) (the LoRA
+    /// paper's Kaiming-uniform init, as PEFT and mlx-lm do), `b` zero, so the
+    /// adapted model starts equal to the base; DoRA's `m` starts at the row
+    /// norms of the frozen weight.
+    pub fn init(model: &Model, spec: LoraSpec, seed: u64) -> Result<Self> {
+        let layout = LoraLayout::new(spec, &model.args)?;
+        let rank = layout.spec.rank as i32;
+        let mut key = random::key(seed)?;
+        let mut params = Vec::with_capacity(layout.num_arrays());
+        for slot in &layout.slots {
+            let (next, sub) = random::split(&key, 2)?;
+            key = next;
+            let bound = 1.0 / (slot.in_features as f32).sqrt();
+            params.push(random::uniform::<_, f32>(
+                -bound,
+                bound,
+                &[slot.in_features, rank][..],
+                &sub,
+            )?);
+            params.push(mlx_rs::ops::zeros::<f32>(&[rank, slot.out_features])?);
+            if layout.spec.dora {
+                let frozen = model.layers[slot.layer].projection(slot.projection);
+                params.push(row_norms(&frozen.weight.dense(Dtype::Float32)?)?);
+            }
+        }
+        mlx_rs::transforms::eval(params.iter())?;
+        Ok(Self { layout, params })
+    }
+
+    /// The view used for inference (no dropout).
+    pub fn view(&self) -> LoraView<'_> {
+        self.layout.view(&self.params, None)
+    }
+
+    /// Bytes of the arrays as saved (float32).
+    pub fn size_bytes(&self) -> u64 {
+        self.layout.trainable_parameters() * 4
+    }
+}
+
+/// `sqrt(sum(w^2))` over the input axis: one value per output feature.
+pub(crate) fn row_norms(weight: &Array) -> Result<Array> {
+    Ok(weight.square()?.sum_axis(1, false)?.sqrt()?)
+}
+
+/// Adapters applied with a given set of arrays.
+#[derive(Clone, Copy)]
+pub struct LoraView<'a> {
+    layout: &'a LoraLayout,
+    params: &'a [Array],
+    dropout_seed: Option<u64>,
+}
+
+impl LoraView<'_> {
+    fn dropout(&self, input: &Array, slot_index: usize) -> Result<Array> {
+        let p = self.layout.spec.dropout;
+        match self.dropout_seed {
+            Some(seed) if p > 0.0 => {
+                let key = random::key(mix(seed, slot_index as u64))?;
+                let keep = Array::from_f32((1.0 - p) as f32);
+                let mask = random::bernoulli(&keep, input.shape(), &key)?;
+                Ok(input
+                    .multiply(&mask.as_dtype(input.dtype())?)?
+                    .divide(&keep.as_dtype(input.dtype())?)?)
+            }
+            _ => Ok(input.clone()),
+        }
+    }
+}
+
+impl LinearAdapter for LoraView<'_> {
+    fn adapt(
+        &self,
+        layer: usize,
+        projection: Projection,
+        frozen: &Linear,
+        input: &Array,
+        base_output: Array,
+    ) -> ft_model::Result<Array> {
+        let Some(&slot_index) = self.layout.lookup.get(&(layer, projection)) else {
+            return Ok(base_output);
+        };
+        let slot = &self.layout.slots[slot_index];
+        let (a, b) = (&self.params[slot.first], &self.params[slot.first + 1]);
+        let scale = Array::from_f32(self.layout.spec.scale() as f32);
+        let x = self.dropout(input, slot_index).map_err(to_model_error)?;
+        let update = x.matmul(a)?.matmul(b)?.multiply(&scale)?;
+        let out_dtype = base_output.dtype();
+        let output = base_output.add(&update.as_dtype(out_dtype)?)?;
+        if !self.layout.spec.dora {
+            return Ok(output);
+        }
+        // DoRA: rescale rows by m / ||W + s·(AB)^T||, the norm held constant
+        // in the backward pass as the DoRA paper recommends.
+        let magnitude = &self.params[slot.first + 2];
+        let weight = frozen.weight.dense(Dtype::Float32)?;
+        let adapted = weight.add(&a.matmul(b)?.t().multiply(&scale)?)?;
+        let norms = mlx_rs::stop_gradient(&row_norms(&adapted).map_err(to_model_error)?)?;
+        let factor = magnitude.divide(&norms)?.as_dtype(out_dtype)?;
+        Ok(output.multiply(&factor)?)
+    }
+}
+
+fn to_model_error(error: LoraError) -> ft_model::Error {
+    match error {
+        LoraError::Mlx(e) => ft_model::Error::Mlx(e),
+        LoraError::Model(e) => e,
+        other => ft_model::Error::InvalidRequest(other.to_string()),
+    }
+}
+
+/// splitmix64 of `seed` and `salt`: independent dropout streams per slot.
+fn mix(seed: u64, salt: u64) -> u64 {
+    let mut z = seed ^ salt.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
