@@ -93,7 +93,7 @@ impl Optimizer {
         if state.first.is_empty() {
             state.first = params
                 .iter()
-                .map(|p| mlx_rs::ops::zeros_like(p))
+                .map(mlx_rs::ops::zeros_like)
                 .collect::<std::result::Result<_, _>>()?;
             if matches!(self.rule, Rule::AdamW(_)) {
                 state.second = state.first.clone();
