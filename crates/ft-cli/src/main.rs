@@ -3,6 +3,8 @@
 //! Turns the library crates' typed errors into one readable paragraph and an
 //! exit code: 0 ok, 1 user error or failed check, 2 internal error.
 
+mod config_cmd;
+mod data;
 mod doctor;
 mod inspect;
 
@@ -30,6 +32,16 @@ enum Command {
     ///
     /// Example: `ft inspect --model smollm2-135m-instruct`
     Inspect(inspect::Args),
+    /// Check, describe and render dataset files: located problems, token
+    /// statistics, and what the model sees (ids, pieces, loss mask).
+    ///
+    /// Example: `ft data validate train.jsonl --model smollm2-135m-instruct`
+    Data(data::Args),
+    /// Show the effective configuration with where each value came from, or
+    /// the configuration reference.
+    ///
+    /// Example: `ft config show --config configs/quickstart.toml --set lora.rank=4`
+    Config(config_cmd::Args),
 }
 
 /// How a command ended, beyond success.
@@ -47,6 +59,8 @@ fn main() -> ExitCode {
     let outcome = match cli.command {
         Command::Doctor(args) => doctor::run(&args),
         Command::Inspect(args) => inspect::run(&args),
+        Command::Data(args) => data::run(&args),
+        Command::Config(args) => config_cmd::run(&args),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,

@@ -7,3 +7,5 @@
 //! It is the only library crate that sees all the others; it must not know
 //! about the terminal (progress bars, exit codes, argument parsing): that is
 //! `ft-cli`'s job.
+
+pub mod data_options;
