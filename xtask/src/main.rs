@@ -5,6 +5,9 @@
 //! model) into git-ignored folders; `test` and `e2e` run it first, so the
 //! README's two commands are all a new machine needs.
 
+mod bench_data;
+mod demo_data;
+mod fixtures;
 mod python;
 mod setup;
 mod shell;
@@ -21,6 +24,9 @@ commands:
   test                                  setup, then fmt --check, clippy -D warnings and the whole test suite
   e2e                                   setup, then the main job on the built-in default model
   doctor [--json]                       setup, then `ft doctor`
+  bench data [--lines N] [--budget-s S] setup, then `ft data validate` on a clean 100k-line chat file: lines/s, tokens/s
+  fixtures chat-template                setup and the reference venv, then the chat-template parity fixture (transformers)
+  demo-data [--check]                   write (or check) the demo data set examples/data/demo/{train,valid}.jsonl
   venv                                  setup, then the mlx-lm reference venv (.ft/venv-mlx, same OpenBLAS)
 
 The MLX backend on Linux can also be chosen with FT_MLX_BACKEND=cpu|cuda12|cuda13;
@@ -79,6 +85,15 @@ fn run() -> Result<()> {
                 check.openblas
             );
         }
+        "bench" => match rest.first().map(String::as_str) {
+            Some("data") => {
+                setup::run(&root, setup::Options::parse(&[])?)?;
+                bench_data::run(&root, &rest[1..])?;
+            }
+            _ => bail!("usage: cargo xtask bench data [options]\n\n{USAGE}"),
+        },
+        "fixtures" => fixtures::run(&root, rest)?,
+        "demo-data" => demo_data::run(&root, rest)?,
         "help" | "-h" | "--help" => println!("{USAGE}"),
         other => bail!("unknown command `{other}`\n\n{USAGE}"),
     }

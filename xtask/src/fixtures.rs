@@ -1,0 +1,56 @@
+//! `cargo xtask fixtures <name>`: regenerates committed test fixtures from
+//! reference implementations.
+//!
+//! * `chat-template`: the default model's chat template (from its GGUF
+//!   metadata) rendered by Hugging Face transformers for the conversations in
+//!   `crates/ft-data/tests/fixtures/chat_template_conversations.json`, into
+//!   `chat_template_smollm2.json` next to it. ft-data's test
+//!   `chat_template_parity` checks its own renderer against it, with no
+//!   Python.
+
+use anyhow::{bail, Context, Result};
+use std::path::Path;
+use std::process::Command;
+
+use crate::{python, setup, shell};
+
+/// The default model's GGUF, installed by setup.
+const DEFAULT_GGUF: &str = ".ft/models/SmolLM2-135M-Instruct.Q4_1.gguf";
+/// The conversations to render (committed input).
+const CONVERSATIONS: &str = "crates/ft-data/tests/fixtures/chat_template_conversations.json";
+/// The fixture written (committed output).
+const CHAT_TEMPLATE_FIXTURE: &str = "crates/ft-data/tests/fixtures/chat_template_smollm2.json";
+
+const USAGE: &str = "usage: cargo xtask fixtures chat-template";
+
+/// Runs `cargo xtask fixtures ...`.
+pub fn run(root: &Path, args: &[String]) -> Result<()> {
+    match args.first().map(String::as_str) {
+        Some("chat-template") if args.len() == 1 => chat_template(root),
+        _ => bail!("{USAGE}"),
+    }
+}
+
+fn chat_template(root: &Path) -> Result<()> {
+    setup::run(root, setup::Options::parse(&[])?)?;
+    // The reference venv has transformers (pinned) and MLX, which reads GGUF metadata.
+    let venv = python::reference_venv(root)?;
+    let gguf = root.join(DEFAULT_GGUF);
+    if !gguf.is_file() {
+        bail!("{} is missing: run `cargo xtask setup`", gguf.display());
+    }
+    shell::step(&format!(
+        "rendering {CONVERSATIONS} with transformers into {CHAT_TEMPLATE_FIXTURE}"
+    ));
+    shell::run(
+        Command::new(python::python(&venv))
+            .arg(root.join("xtask/python/chat_template_fixture.py"))
+            .arg(&gguf)
+            .arg(root.join(CONVERSATIONS))
+            .arg(root.join(CHAT_TEMPLATE_FIXTURE))
+            .current_dir(root),
+    )
+    .context("rendering the chat-template fixture")?;
+    println!("check it with: cargo nextest run -p ft-data --test chat_template_parity");
+    Ok(())
+}
