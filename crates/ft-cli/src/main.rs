@@ -3,7 +3,9 @@
 //! Turns the library crates' typed errors into one readable paragraph and an
 //! exit code: 0 ok, 1 user error or failed check, 2 internal error.
 
+mod bench;
 mod config_cmd;
+mod convert;
 mod data;
 mod doctor;
 mod inspect;
@@ -32,6 +34,13 @@ enum Command {
     ///
     /// Example: `ft inspect --model smollm2-135m-instruct`
     Inspect(inspect::Args),
+    /// Write a model (GGUF, HF directory, built-in name) as an HF safetensors directory.
+    ///
+    /// Example: `ft convert --model smollm2-135m-instruct --out smollm2-f32 --dequantize`
+    Convert(convert::Args),
+    /// Greedy generation timings, one JSON line per run (for `cargo xtask bench generate`).
+    #[command(hide = true)]
+    BenchGenerate(bench::Args),
     /// Check, describe and render dataset files: located problems, token
     /// statistics, and what the model sees (ids, pieces, loss mask).
     ///
@@ -59,6 +68,8 @@ fn main() -> ExitCode {
     let outcome = match cli.command {
         Command::Doctor(args) => doctor::run(&args),
         Command::Inspect(args) => inspect::run(&args),
+        Command::Convert(args) => convert::run(&args),
+        Command::BenchGenerate(args) => bench::run(&args),
         Command::Data(args) => data::run(&args),
         Command::Config(args) => config_cmd::run(&args),
     };
