@@ -7,5 +7,27 @@
 //! It is the only library crate that sees all the others; it must not know
 //! about the terminal (progress bars, exit codes, argument parsing): that is
 //! `ft-cli`'s job.
+//!
+//! ```no_run
+//! use ft_trainer::{Trainer, NoCallbacks};
+//! let config = ft_config::ConfigLoader::new().file("configs/quickstart.toml").load()?.config;
+//! let mut trainer = Trainer::new(config)?;
+//! let summary = trainer.train(&mut NoCallbacks)?;
+//! println!("adapter in {}", summary.adapter_dir.display());
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 
+pub mod checkpoint;
 pub mod data_options;
+pub mod error;
+pub mod loss;
+pub mod metrics;
+pub mod trainer;
+
+pub use checkpoint::TrainerState;
+pub use error::{Result, TrainError};
+pub use metrics::{Callbacks, Control, EvalMetrics, MetricsRecord, NoCallbacks, StepMetrics};
+pub use trainer::{
+    evaluate, load_datasets, load_options, loss_and_grads, model_tokenizer, EvalResult, RunInfo,
+    StopCause, TrainSummary, Trainer,
+};

@@ -1,0 +1,78 @@
+//! Errors of the training engine, by category.
+
+use std::path::PathBuf;
+
+/// What can stop a run.
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    /// The configuration is invalid.
+    #[error("configuration: {0}")]
+    Config(String),
+    /// The data could not be read, or is invalid.
+    #[error(transparent)]
+    Data(#[from] ft_data::DataError),
+    /// The model could not be loaded or run.
+    #[error(transparent)]
+    Model(#[from] ft_model::Error),
+    /// The adapters could not be built, read or written.
+    #[error(transparent)]
+    Lora(#[from] ft_lora::LoraError),
+    /// The optimizer failed, or its state file is bad.
+    #[error(transparent)]
+    Optim(#[from] ft_optim::OptimError),
+    /// An MLX operation failed.
+    #[error("MLX: {0}")]
+    Mlx(#[from] mlx_rs::error::Exception),
+    /// A file in the run directory could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// A checkpoint is missing, incomplete or from another run.
+    #[error("checkpoint {path}: {message}")]
+    Checkpoint {
+        /// The checkpoint directory.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+    /// The loss or the gradients became NaN or infinite and the policy is to stop.
+    #[error(
+        "step {step}: the {what} is not finite ({value}); stopped with the last good checkpoint \
+         intact{}. Lower optimizer.learning_rate, or set training.on_nonfinite = \"skip\"",
+        last_checkpoint.as_ref().map(|p| format!(" at {}", p.display())).unwrap_or_default()
+    )]
+    NonFinite {
+        /// The optimizer step (1-based).
+        step: u64,
+        /// `loss` or `gradient norm`.
+        what: &'static str,
+        /// The offending value.
+        value: f64,
+        /// The newest checkpoint on disk.
+        last_checkpoint: Option<PathBuf>,
+    },
+}
+
+impl TrainError {
+    /// Whether the user can fix this (bad config, data, files) rather than
+    /// it being a failure inside mlx-ft.
+    pub fn is_user_error(&self) -> bool {
+        match self {
+            TrainError::Mlx(_) | TrainError::Optim(ft_optim::OptimError::Mlx(_)) => false,
+            TrainError::Model(error) => !matches!(error, ft_model::Error::Mlx(_)),
+            _ => true,
+        }
+    }
+}
+
+pub(crate) fn io_error(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> TrainError {
+    let path = path.into();
+    move |source| TrainError::Io { path, source }
+}
+
+/// Result of this crate.
+pub type Result<T> = std::result::Result<T, TrainError>;

@@ -1,0 +1,786 @@
+//! The training loop: a run built from a validated configuration.
+
+use crate::checkpoint::{self, TrainerState};
+use crate::data_options::{batch_options, data_options};
+use crate::error::io_error;
+use crate::loss::{loss_sum, BatchArrays};
+use crate::metrics::{Callbacks, Control, EvalMetrics, MetricsFile, MetricsRecord, StepMetrics};
+use crate::{Result, TrainError};
+use ft_config::{
+    Config, NonFinitePolicy, OptimizerName, Quantization, SchedulerKind, TrainingLength,
+};
+use ft_data::{BatchOptions, Dataset, TextTokenizer};
+use ft_lora::{AdapterFormat, LoraAdapters, LoraLayout, LoraSpec};
+use ft_model::{LinearAdapter, LoadOptions, Model, ModelSource};
+use ft_optim::{
+    clip_by_global_norm, AdamW, GradAccumulator, Optimizer, Schedule, ScheduleShape, Sgd,
+};
+use mlx_rs::{Array, Dtype};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// What a run is about to do, for the summary a person sees at the start.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct RunInfo {
+    /// The base model as configured.
+    pub model: String,
+    /// Decoder layers of the model.
+    pub model_layers: usize,
+    /// Parameters of the base model (frozen).
+    pub base_parameters: u64,
+    /// Trainable adapter parameters.
+    pub trainable_parameters: u64,
+    /// Bytes of the adapter as saved.
+    pub adapter_bytes: u64,
+    /// Training examples.
+    pub train_examples: usize,
+    /// Validation examples.
+    pub valid_examples: usize,
+    /// Optimizer steps in the run.
+    pub total_steps: u64,
+    /// Step the run starts from (non-zero when resumed).
+    pub start_step: u64,
+    /// The run directory.
+    pub run_dir: PathBuf,
+}
+
+/// How a run ended.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct TrainSummary {
+    /// Optimizer steps completed.
+    pub steps: u64,
+    /// Training loss of the last step.
+    pub final_loss: Option<f64>,
+    /// Best validation loss seen.
+    pub best_val_loss: Option<f64>,
+    /// The last validation evaluation.
+    pub last_eval: Option<EvalMetrics>,
+    /// Why it ended.
+    pub stop: StopCause,
+    /// Seconds of training (this process and earlier ones of a resumed run).
+    pub seconds: f64,
+    /// Non-padding tokens trained on.
+    pub trained_tokens: u64,
+    /// Peak MLX memory, bytes.
+    pub peak_memory_bytes: u64,
+    /// Updates skipped for non-finite values.
+    pub skipped_steps: u64,
+    /// The final adapter directory (mlx-lm format).
+    pub adapter_dir: PathBuf,
+    /// The newest checkpoint.
+    pub last_checkpoint: Option<PathBuf>,
+}
+
+/// Why a run ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StopCause {
+    /// All steps done.
+    Completed,
+    /// Validation loss stopped improving.
+    EarlyStopping,
+    /// A callback asked to stop (Ctrl-C).
+    Interrupted,
+}
+
+/// A fine-tuning run: the model, its adapters, the data and the optimizer.
+pub struct Trainer {
+    config: Config,
+    config_toml: String,
+    model: Model,
+    tokenizer: TextTokenizer,
+    train_set: Dataset,
+    valid_set: Option<Dataset>,
+    adapters: LoraAdapters,
+    optimizer: Optimizer,
+    schedule: Schedule,
+    state: TrainerState,
+    run_dir: PathBuf,
+    resumed: bool,
+    last_checkpoint: Option<PathBuf>,
+}
+
+/// How the configured base model is loaded: dense in `model.dtype`, or
+/// quantized on load for QLoRA (an already quantized checkpoint stays as it is).
+pub fn load_options(config: &ft_config::ModelConfig) -> LoadOptions {
+    let dtype = match config.dtype {
+        ft_config::Dtype::Float32 => Dtype::Float32,
+        ft_config::Dtype::Float16 => Dtype::Float16,
+        ft_config::Dtype::Bfloat16 => Dtype::Bfloat16,
+    };
+    match &config.quantization {
+        Quantization::None => LoadOptions {
+            dtype: Some(dtype),
+            dequantize: true,
+            quantize: None,
+        },
+        Quantization::Affine(spec) => LoadOptions {
+            dtype: Some(dtype),
+            dequantize: false,
+            quantize: Some((spec.group_size as i32, i32::from(spec.bits))),
+        },
+    }
+}
+
+/// The tokenizer that belongs to a model: its `tokenizer.json` directory or
+/// its GGUF metadata.
+pub fn model_tokenizer(model: &str) -> Result<TextTokenizer> {
+    let source = ModelSource::resolve(model)?;
+    Ok(TextTokenizer::from_path(source.path())?)
+}
+
+impl Trainer {
+    /// Builds a run: validates the configuration, loads the model, the
+    /// tokenizer and the data, creates (or, with `checkpoint.resume`,
+    /// restores) adapters and optimizer.
+    pub fn new(config: Config) -> Result<Self> {
+        config
+            .validate()
+            .map_err(|errors| TrainError::Config(errors.to_string()))?;
+        let tokenizer = model_tokenizer(&config.model.path)?;
+        // The data is checked before the (possibly large) model is loaded.
+        let (train_set, valid_set) = load_datasets(&config, &tokenizer)?;
+        let model = ft_model::load_model(&config.model.path, &load_options(&config.model))?;
+        Self::from_parts(config, model, tokenizer, train_set, valid_set)
+    }
+
+    /// Builds a run on a model and tokenizer already in memory (the
+    /// configuration's `model` section is then only recorded, not loaded).
+    pub fn with_model(config: Config, model: Model, tokenizer: TextTokenizer) -> Result<Self> {
+        config
+            .validate()
+            .map_err(|errors| TrainError::Config(errors.to_string()))?;
+        let (train_set, valid_set) = load_datasets(&config, &tokenizer)?;
+        Self::from_parts(config, model, tokenizer, train_set, valid_set)
+    }
+
+    fn from_parts(
+        config: Config,
+        model: Model,
+        tokenizer: TextTokenizer,
+        train_set: Dataset,
+        valid_set: Option<Dataset>,
+    ) -> Result<Self> {
+        let config_toml = config
+            .to_toml_string()
+            .map_err(|error| TrainError::Config(error.to_string()))?;
+        let spec = LoraSpec::from_config(&config.lora, model.args.num_layers);
+        let mut adapters = LoraAdapters::init(&model, spec, config.training.seed)?;
+        let mut optimizer = build_optimizer(&config);
+        let mut state = TrainerState::default();
+        let mut resumed = false;
+        let mut last_checkpoint = None;
+        if let Some(resume) = &config.checkpoint.resume {
+            let dir = checkpoint::resolve(resume)?;
+            let loaded = checkpoint::load(&dir, &model.args, &mut optimizer)?;
+            if loaded.adapters.layout.spec != adapters.layout.spec {
+                return Err(TrainError::Checkpoint {
+                    path: dir,
+                    message: "its adapter settings differ from the configuration's [lora] section"
+                        .into(),
+                });
+            }
+            adapters = loaded.adapters;
+            state = loaded.state;
+            resumed = true;
+            last_checkpoint = Some(dir);
+        }
+        let run_dir = config.checkpoint.output_dir.clone();
+        let mut trainer = Trainer {
+            schedule: Schedule {
+                shape: ScheduleShape::Constant,
+                peak: config.optimizer.learning_rate,
+                min_lr: 0.0,
+                warmup_steps: 0,
+                total_steps: 1,
+            },
+            config,
+            config_toml,
+            model,
+            tokenizer,
+            train_set,
+            valid_set,
+            adapters,
+            optimizer,
+            state,
+            run_dir,
+            resumed,
+            last_checkpoint,
+        };
+        trainer.schedule = trainer.build_schedule()?;
+        Ok(trainer)
+    }
+
+    fn batch_options(&self) -> BatchOptions {
+        batch_options(
+            &self.config.training,
+            &self.config.data,
+            self.tokenizer.special().pad_id(),
+        )
+    }
+
+    fn build_schedule(&self) -> Result<Schedule> {
+        let total_steps = match self.config.training.length() {
+            TrainingLength::Steps(steps) => u64::from(steps),
+            TrainingLength::Epochs(epochs) => {
+                let mut batcher = self.train_set.batcher(self.batch_options())?;
+                let per_epoch = batcher.batches_in_epoch(0) as u64;
+                let accumulation = u64::from(self.config.training.grad_accumulation);
+                (u64::from(epochs) * per_epoch)
+                    .div_ceil(accumulation)
+                    .max(1)
+            }
+        };
+        let scheduler = &self.config.scheduler;
+        Ok(Schedule {
+            shape: match scheduler.kind {
+                SchedulerKind::Cosine => ScheduleShape::Cosine,
+                SchedulerKind::Linear => ScheduleShape::Linear,
+                SchedulerKind::Constant => ScheduleShape::Constant,
+            },
+            peak: self.config.optimizer.learning_rate,
+            min_lr: scheduler.min_lr,
+            warmup_steps: scheduler.warmup_steps_for(total_steps),
+            total_steps,
+        })
+    }
+
+    /// What the run will do.
+    pub fn info(&self) -> RunInfo {
+        let base_parameters = self
+            .model
+            .named_weights()
+            .iter()
+            .filter(|(name, _)| !name.ends_with(".scales") && !name.ends_with(".biases"))
+            .map(|(name, array)| {
+                let elements = array.size() as u64;
+                // Packed quantized weights hold 32 / bits values per element.
+                match self.packing_factor(name) {
+                    Some(factor) => elements * factor,
+                    None => elements,
+                }
+            })
+            .sum();
+        RunInfo {
+            model: self.config.model.path.clone(),
+            model_layers: self.model.args.num_layers,
+            base_parameters,
+            trainable_parameters: self.adapters.layout.trainable_parameters(),
+            adapter_bytes: self.adapters.size_bytes(),
+            train_examples: self.train_set.examples.len(),
+            valid_examples: self.valid_set.as_ref().map_or(0, |d| d.examples.len()),
+            total_steps: self.schedule.total_steps,
+            start_step: self.state.step,
+            run_dir: self.run_dir.clone(),
+        }
+    }
+
+    fn packing_factor(&self, name: &str) -> Option<u64> {
+        let prefix = name.strip_suffix(".weight")?;
+        let weights = self.model.named_weights();
+        let has_scales = weights
+            .iter()
+            .any(|(n, _)| n == &format!("{prefix}.scales"));
+        if !has_scales {
+            return None;
+        }
+        let bits = self.model.layers.first().and_then(|layer| {
+            match &layer.projection(ft_model::Projection::Q).weight {
+                ft_model::Weight::Quantized { bits, .. } => Some(*bits as u64),
+                ft_model::Weight::Dense(_) => None,
+            }
+        })?;
+        Some(32 / bits.max(1))
+    }
+
+    /// The model (frozen base weights).
+    pub fn model(&self) -> &Model {
+        &self.model
+    }
+
+    /// The tokenizer of the model.
+    pub fn tokenizer(&self) -> &TextTokenizer {
+        &self.tokenizer
+    }
+
+    /// The adapters as trained so far.
+    pub fn adapters(&self) -> &LoraAdapters {
+        &self.adapters
+    }
+
+    /// The training set.
+    pub fn train_set(&self) -> &Dataset {
+        &self.train_set
+    }
+
+    /// The validation set, if any.
+    pub fn valid_set(&self) -> Option<&Dataset> {
+        self.valid_set.as_ref()
+    }
+
+    /// The effective configuration.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Run progress.
+    pub fn state(&self) -> &TrainerState {
+        &self.state
+    }
+
+    /// The learning-rate schedule.
+    pub fn schedule(&self) -> &Schedule {
+        &self.schedule
+    }
+
+    /// Evaluates the current adapters on the validation set (`None`
+    /// without one), limited to `training.eval_batches` batches.
+    pub fn evaluate_validation(&self) -> Result<Option<(f64, u64)>> {
+        let Some(valid) = &self.valid_set else {
+            return Ok(None);
+        };
+        let limit = self.config.training.eval_batches.map(|n| n as usize);
+        let result = evaluate(
+            &self.model,
+            &self.adapters.view(),
+            valid,
+            self.config.training.batch_size as usize,
+            self.tokenizer.special().pad_id(),
+            limit,
+        )?;
+        Ok(Some((result.loss, result.target_tokens)))
+    }
+
+    /// Runs the loop to the end (or until early stopping or a callback's
+    /// [`Control::Stop`]); writes checkpoints, metrics and the final adapter.
+    pub fn train(&mut self, callbacks: &mut dyn Callbacks) -> Result<TrainSummary> {
+        std::fs::create_dir_all(&self.run_dir).map_err(io_error(&self.run_dir))?;
+        let config_path = self.run_dir.join("config.toml");
+        std::fs::write(&config_path, &self.config_toml).map_err(io_error(&config_path))?;
+        let metrics_path = self.run_dir.join(&self.config.logging.metrics_file);
+        let mut metrics =
+            MetricsFile::open(&metrics_path, self.resumed.then_some(self.state.step))?;
+        let training = self.config.training.clone();
+        let batch_options = self.batch_options();
+        let train_set = std::mem::replace(
+            &mut self.train_set,
+            Dataset {
+                examples: Vec::new(),
+                report: Default::default(),
+                stats: ft_data::DataStats::new(&[], &Default::default()),
+            },
+        );
+        let outcome = self.run_loop(
+            &train_set,
+            batch_options,
+            &training,
+            &mut metrics,
+            callbacks,
+        );
+        self.train_set = train_set;
+        let (stop, final_loss, last_eval) = outcome?;
+        if self.last_checkpoint_step() != Some(self.state.step) {
+            self.save_checkpoint(callbacks)?;
+        }
+        let adapter_dir = self.run_dir.join("adapter");
+        self.adapters
+            .save(&adapter_dir, AdapterFormat::Mlx, &self.config.model.path)?;
+        Ok(TrainSummary {
+            steps: self.state.step,
+            final_loss,
+            best_val_loss: self.state.best_val_loss,
+            last_eval,
+            stop,
+            seconds: self.state.seconds,
+            trained_tokens: self.state.trained_tokens,
+            peak_memory_bytes: mlx_rs::memory::peak_memory().unwrap_or(0) as u64,
+            skipped_steps: self.state.skipped_steps,
+            adapter_dir,
+            last_checkpoint: self.last_checkpoint.clone(),
+        })
+    }
+
+    fn last_checkpoint_step(&self) -> Option<u64> {
+        let dir = self.last_checkpoint.as_ref()?;
+        let name = dir.file_name()?.to_str()?;
+        name.strip_prefix("step-")?.parse().ok()
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn run_loop(
+        &mut self,
+        train_set: &Dataset,
+        batch_options: BatchOptions,
+        training: &ft_config::TrainingConfig,
+        metrics: &mut MetricsFile,
+        callbacks: &mut dyn Callbacks,
+    ) -> Result<(StopCause, Option<f64>, Option<EvalMetrics>)> {
+        let mut batcher = train_set.batcher(batch_options)?;
+        if self.state.step == 0 && !self.resumed {
+            self.state.cursor = batcher.start();
+        }
+        let total = self.schedule.total_steps;
+        let accumulation = training.grad_accumulation.max(1);
+        let smoothing = training.label_smoothing as f32;
+        let dropout = self.adapters.layout.spec.dropout > 0.0;
+        let mut final_loss = None;
+        let mut last_eval = None;
+        while self.state.step < total {
+            let started = Instant::now();
+            let step = self.state.step;
+            let lr = self.schedule.at(step);
+            let mut accumulator = GradAccumulator::new();
+            let mut loss_total = Array::from_f32(0.0);
+            let (mut target_tokens, mut real_tokens) = (0u64, 0u64);
+            for micro in 0..accumulation {
+                let batch = batcher
+                    .next_batch(&mut self.state.cursor)?
+                    .ok_or_else(|| TrainError::Config("the training set yields no batch".into()))?;
+                let arrays = BatchArrays::new(&batch);
+                target_tokens += arrays.target_tokens as u64;
+                real_tokens += arrays.real_tokens as u64;
+                if arrays.target_tokens == 0 {
+                    continue;
+                }
+                let seed = dropout.then(|| dropout_seed(training.seed, step, micro));
+                let (loss, grads) = loss_and_grads(
+                    &self.model,
+                    &self.adapters.layout,
+                    &self.adapters.params,
+                    &arrays,
+                    seed,
+                    smoothing,
+                )?;
+                loss_total = loss_total.add(&loss)?;
+                accumulator.add(grads)?;
+            }
+            if target_tokens == 0 {
+                tracing::warn!(
+                    step = step + 1,
+                    "no loss targets in this step's batches; skipped"
+                );
+                self.state.step += 1;
+                self.state.skipped_steps += 1;
+                continue;
+            }
+            let inverse = 1.0 / target_tokens as f32;
+            let mut grads = accumulator.take_scaled(inverse)?;
+            let grad_norm = clip_by_global_norm(&mut grads, training.max_grad_norm)?;
+            let mean_loss = loss_total.multiply(Array::from_f32(inverse))?;
+            let previous = (self.adapters.params.clone(), self.optimizer.clone());
+            self.optimizer
+                .update(&mut self.adapters.params, &grads, lr)?;
+            let mut outputs = vec![&mean_loss, &grad_norm];
+            outputs.extend(self.adapters.params.iter());
+            outputs.extend(self.optimizer.state_arrays());
+            mlx_rs::transforms::eval(outputs)?;
+            let loss = scalar(&mean_loss)?;
+            let norm = scalar(&grad_norm)?;
+            let nonfinite = if !loss.is_finite() {
+                Some(("loss", loss))
+            } else if !norm.is_finite() {
+                Some(("gradient norm", norm))
+            } else {
+                None
+            };
+            let skipped = nonfinite.is_some();
+            if let Some((what, value)) = nonfinite {
+                (self.adapters.params, self.optimizer) = previous;
+                match training.on_nonfinite {
+                    NonFinitePolicy::Skip => {
+                        tracing::warn!(
+                            step = step + 1,
+                            what,
+                            value,
+                            "non-finite value: update skipped"
+                        );
+                        self.state.skipped_steps += 1;
+                    }
+                    NonFinitePolicy::Stop => {
+                        return Err(TrainError::NonFinite {
+                            step: step + 1,
+                            what,
+                            value,
+                            last_checkpoint: self.last_checkpoint.clone(),
+                        });
+                    }
+                }
+            }
+            let seconds = started.elapsed().as_secs_f64();
+            self.state.step += 1;
+            self.state.seconds += seconds;
+            self.state.trained_tokens += real_tokens;
+            if !skipped {
+                final_loss = Some(loss);
+            }
+            let step_metrics = StepMetrics {
+                step: self.state.step,
+                total_steps: total,
+                loss,
+                lr,
+                grad_norm: norm,
+                target_tokens,
+                real_tokens,
+                tokens_per_second: real_tokens as f64 / seconds.max(1e-9),
+                peak_memory_bytes: mlx_rs::memory::peak_memory().unwrap_or(0) as u64,
+                elapsed_seconds: self.state.seconds,
+                epoch: self.state.cursor.epoch,
+                skipped,
+            };
+            metrics.append(&MetricsRecord::Train(step_metrics.clone()))?;
+            let mut control = callbacks.on_step(&step_metrics);
+            let at_end = self.state.step == total;
+            let eval_due =
+                training.eval_every > 0 && self.state.step % u64::from(training.eval_every) == 0;
+            let mut early_stop = false;
+            if (eval_due || at_end) && self.valid_set.is_some() {
+                if let Some(eval) = self.run_eval(training)? {
+                    metrics.append(&MetricsRecord::Eval(eval.clone()))?;
+                    if callbacks.on_eval(&eval) == Control::Stop {
+                        control = Control::Stop;
+                    }
+                    early_stop = training
+                        .early_stopping_patience
+                        .is_some_and(|patience| self.state.evals_without_improvement >= patience);
+                    last_eval = Some(eval);
+                }
+            }
+            let save_due =
+                training.save_every > 0 && self.state.step % u64::from(training.save_every) == 0;
+            if save_due && !at_end {
+                self.save_checkpoint(callbacks)?;
+            }
+            if early_stop {
+                return Ok((StopCause::EarlyStopping, final_loss, last_eval));
+            }
+            if control == Control::Stop {
+                return Ok((StopCause::Interrupted, final_loss, last_eval));
+            }
+        }
+        Ok((StopCause::Completed, final_loss, last_eval))
+    }
+
+    fn run_eval(&mut self, training: &ft_config::TrainingConfig) -> Result<Option<EvalMetrics>> {
+        let Some((loss, target_tokens)) = self.evaluate_validation()? else {
+            return Ok(None);
+        };
+        let improved = match self.state.best_val_loss {
+            None => true,
+            Some(best) => loss < best - training.early_stopping_min_delta,
+        };
+        if improved {
+            self.state.best_val_loss = Some(loss);
+            self.state.evals_without_improvement = 0;
+            self.adapters.save(
+                &self.run_dir.join("best-adapter"),
+                AdapterFormat::Mlx,
+                &self.config.model.path,
+            )?;
+        } else {
+            self.state.evals_without_improvement += 1;
+        }
+        Ok(Some(EvalMetrics {
+            step: self.state.step,
+            loss,
+            perplexity: loss.exp(),
+            target_tokens,
+            improved,
+        }))
+    }
+
+    fn save_checkpoint(&mut self, callbacks: &mut dyn Callbacks) -> Result<()> {
+        let dir = checkpoint::save(
+            &self.run_dir,
+            &self.state,
+            &self.adapters,
+            &self.optimizer,
+            &self.config_toml,
+            &self.config.model.path,
+            self.config.checkpoint.keep_last as usize,
+        )?;
+        callbacks.on_checkpoint(&dir);
+        self.last_checkpoint = Some(dir);
+        Ok(())
+    }
+}
+
+/// Loss sum of one micro-batch and its gradients with respect to the
+/// adapter arrays `params` (laid out by `layout`); nothing else is
+/// differentiated, so no gradient is computed for frozen weights.
+pub fn loss_and_grads(
+    model: &Model,
+    layout: &LoraLayout,
+    params: &[Array],
+    batch: &BatchArrays,
+    dropout_seed: Option<u64>,
+    label_smoothing: f32,
+) -> Result<(Array, Vec<Array>)> {
+    let objective = |params: &[Array]| -> mlx_rs::error::Result<Vec<Array>> {
+        let view = layout.view(params, dropout_seed);
+        loss_sum(model, &view, batch, label_smoothing)
+            .map(|loss| vec![loss])
+            .map_err(|error| mlx_rs::error::Exception::custom(error.to_string()))
+    };
+    let argnums: Vec<i32> = (0..params.len() as i32).collect();
+    let (values, grads) =
+        mlx_rs::transforms::value_and_grad_with_argnums(objective, &argnums[..])(params)?;
+    let loss = values
+        .into_iter()
+        .next()
+        .ok_or_else(|| TrainError::Config("the objective returned no value".into()))?;
+    Ok((loss, grads))
+}
+
+/// Loss of a model (with adapters) on a dataset.
+#[derive(Clone, Copy, Debug, serde::Serialize)]
+pub struct EvalResult {
+    /// Mean cross-entropy per target token.
+    pub loss: f64,
+    /// `exp(loss)`.
+    pub perplexity: f64,
+    /// Target tokens evaluated.
+    pub target_tokens: u64,
+    /// Batches evaluated.
+    pub batches: usize,
+}
+
+/// Mean cross-entropy of `adapter` on `dataset` in length-sorted batches
+/// of `batch_size` rows, over at most `max_batches` batches.
+pub fn evaluate(
+    model: &Model,
+    adapter: &dyn LinearAdapter,
+    dataset: &Dataset,
+    batch_size: usize,
+    pad_id: u32,
+    max_batches: Option<usize>,
+) -> Result<EvalResult> {
+    let batcher = dataset.batcher(BatchOptions {
+        batch_size: batch_size.max(1),
+        shuffle: false,
+        bucket_window: usize::MAX,
+        pad_id,
+        ..BatchOptions::default()
+    })?;
+    let mut total = 0.0f64;
+    let mut tokens = 0u64;
+    let mut batches = 0usize;
+    for batch in batcher
+        .epoch_batches(0)
+        .iter()
+        .take(max_batches.unwrap_or(usize::MAX))
+    {
+        let arrays = BatchArrays::new(batch);
+        if arrays.target_tokens == 0 {
+            continue;
+        }
+        let loss = loss_sum(model, adapter, &arrays, 0.0)?;
+        total += scalar(&loss)?;
+        tokens += arrays.target_tokens as u64;
+        batches += 1;
+    }
+    if tokens == 0 {
+        return Err(TrainError::Config(
+            "the evaluation data has no loss targets".into(),
+        ));
+    }
+    let loss = total / tokens as f64;
+    Ok(EvalResult {
+        loss,
+        perplexity: loss.exp(),
+        target_tokens: tokens,
+        batches,
+    })
+}
+
+/// A float32 scalar read back to the host.
+fn scalar(array: &Array) -> Result<f64> {
+    array.eval()?;
+    Ok(array
+        .as_slice::<f32>()
+        .first()
+        .map_or(f64::NAN, |&value| f64::from(value)))
+}
+
+/// The training set and the validation set (a file, or a split of the
+/// training file) of a configuration, validated and encoded.
+pub fn load_datasets(
+    config: &Config,
+    tokenizer: &TextTokenizer,
+) -> Result<(Dataset, Option<Dataset>)> {
+    let options = data_options(&config.data);
+    let train_path = config.data.train.clone().ok_or_else(|| {
+        TrainError::Config("data.train is not set: give a JSONL training file".into())
+    })?;
+    let mut train_set = Dataset::load(&[&train_path], tokenizer, &options)?;
+    let valid_set = match (&config.data.valid, config.data.valid_split) {
+        (Some(path), _) => Some(Dataset::load(&[path], tokenizer, &options)?),
+        (None, split) if split > 0.0 => {
+            Some(split_off(&mut train_set, split, config.training.seed))
+        }
+        _ => None,
+    };
+    if train_set.examples.is_empty() {
+        return Err(TrainError::Config(format!(
+            "{}: no training example is left after validation and filtering",
+            train_path.display()
+        )));
+    }
+    Ok((train_set, valid_set))
+}
+
+fn build_optimizer(config: &Config) -> Optimizer {
+    let settings = &config.optimizer;
+    match settings.name {
+        OptimizerName::AdamW => Optimizer::adamw(AdamW {
+            beta1: settings.betas[0],
+            beta2: settings.betas[1],
+            eps: settings.eps,
+            weight_decay: settings.weight_decay,
+        }),
+        OptimizerName::Sgd => Optimizer::sgd(Sgd {
+            momentum: settings.momentum,
+            weight_decay: settings.weight_decay,
+        }),
+    }
+}
+
+/// Moves a seeded random `fraction` of the training examples into a
+/// validation set.
+fn split_off(train: &mut Dataset, fraction: f64, seed: u64) -> Dataset {
+    let count = train.examples.len();
+    let held_out = ((count as f64) * fraction)
+        .round()
+        .clamp(1.0, (count.max(2) - 1) as f64) as usize;
+    let mut keyed: Vec<(u64, usize)> = (0..count)
+        .map(|i| (dropout_seed(seed, i as u64, 0x5eed), i))
+        .collect();
+    keyed.sort_unstable();
+    let mut chosen: Vec<usize> = keyed.iter().take(held_out).map(|&(_, i)| i).collect();
+    chosen.sort_unstable();
+    let mut valid_examples = Vec::with_capacity(held_out);
+    for &index in chosen.iter().rev() {
+        valid_examples.push(train.examples.remove(index));
+    }
+    valid_examples.reverse();
+    let counts = train.report.counts.clone();
+    train.stats = ft_data::DataStats::new(&train.examples, &counts);
+    Dataset {
+        stats: ft_data::DataStats::new(&valid_examples, &counts),
+        examples: valid_examples,
+        report: Default::default(),
+    }
+}
+
+/// A seed for the dropout masks of one micro-batch: a pure function of the
+/// run seed and the position in the run, so a resumed run draws the same masks.
+fn dropout_seed(seed: u64, step: u64, micro: u32) -> u64 {
+    let mut z = seed ^ step.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (u64::from(micro) << 48);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// The run directory's final adapter.
+pub fn final_adapter_dir(run_dir: &Path) -> PathBuf {
+    run_dir.join("adapter")
+}
