@@ -25,7 +25,7 @@ TOP_K = 5
 # Fixture prompts: (name, how to tokenize, content). "text" is encoded as is;
 # "chat" goes through the model's chat template with a generation prompt.
 FIXTURE_PROMPTS = [
-    ("text-short", "text", "The quick brown fox jumps over"),
+    ("text-short", "text", "The quick brown fox jumps over the lazy dog, twice."),
     (
         "chat-default-system",
         "chat",
@@ -35,13 +35,12 @@ FIXTURE_PROMPTS = [
         "chat-multi-turn",
         "chat",
         [
-            {"role": "system", "content": "You answer in one short sentence."},
-            {"role": "user", "content": "Name a prime number between 10 and 20."},
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": "Name a prime between 10 and 20."},
             {"role": "assistant", "content": "13 is a prime number between 10 and 20."},
             {
                 "role": "user",
-                "content": "And which planet is closest to the Sun? Explain briefly why "
-                "its year is so short compared with ours.",
+                "content": "And which planet is closest to the Sun?",
             },
         ],
     ),

@@ -7,6 +7,9 @@
 //!   `chat_template_smollm2.json` next to it. ft-data's test
 //!   `chat_template_parity` checks its own renderer against it, with no
 //!   Python.
+//! * `logits`: mlx_lm's logits on the fp32 export of the default model, into
+//!   `crates/ft-model/tests/fixtures/mlx_lm_logits.json`, checked by
+//!   ft-model's `mlx_lm_parity` test (see `reference.rs`).
 
 use anyhow::{bail, Context, Result};
 use std::path::Path;
@@ -21,12 +24,13 @@ const CONVERSATIONS: &str = "crates/ft-data/tests/fixtures/chat_template_convers
 /// The fixture written (committed output).
 const CHAT_TEMPLATE_FIXTURE: &str = "crates/ft-data/tests/fixtures/chat_template_smollm2.json";
 
-const USAGE: &str = "usage: cargo xtask fixtures chat-template";
+const USAGE: &str = "usage: cargo xtask fixtures chat-template|logits";
 
 /// Runs `cargo xtask fixtures ...`.
 pub fn run(root: &Path, args: &[String]) -> Result<()> {
     match args.first().map(String::as_str) {
         Some("chat-template") if args.len() == 1 => chat_template(root),
+        Some("logits") if args.len() == 1 => crate::reference::logits_fixture(root),
         _ => bail!("{USAGE}"),
     }
 }

@@ -9,6 +9,7 @@ mod bench_data;
 mod demo_data;
 mod fixtures;
 mod python;
+mod reference;
 mod setup;
 mod shell;
 mod sources;
@@ -26,6 +27,7 @@ commands:
   doctor [--json]                       setup, then `ft doctor`
   bench data [--lines N] [--budget-s S] setup, then `ft data validate` on a clean 100k-line chat file: lines/s, tokens/s
   fixtures chat-template                setup and the reference venv, then the chat-template parity fixture (transformers)
+  fixtures logits                       setup and the reference venv, then the mlx_lm logits parity fixture (ft-model)
   demo-data [--check]                   write (or check) the demo data set examples/data/demo/{train,valid}.jsonl
   venv                                  setup, then the mlx-lm reference venv (.ft/venv-mlx, same OpenBLAS)
 
