@@ -530,8 +530,11 @@ impl Trainer {
             metrics.append(&MetricsRecord::Train(step_metrics.clone()))?;
             let mut control = callbacks.on_step(&step_metrics);
             let at_end = self.state.step == total;
-            let eval_due =
-                training.eval_every > 0 && self.state.step % u64::from(training.eval_every) == 0;
+            let eval_due = training.eval_every > 0
+                && self
+                    .state
+                    .step
+                    .is_multiple_of(u64::from(training.eval_every));
             let mut early_stop = false;
             if (eval_due || at_end) && self.valid_set.is_some() {
                 if let Some(eval) = self.run_eval(training)? {
@@ -545,8 +548,11 @@ impl Trainer {
                     last_eval = Some(eval);
                 }
             }
-            let save_due =
-                training.save_every > 0 && self.state.step % u64::from(training.save_every) == 0;
+            let save_due = training.save_every > 0
+                && self
+                    .state
+                    .step
+                    .is_multiple_of(u64::from(training.save_every));
             if save_due && !at_end {
                 self.save_checkpoint(callbacks)?;
             }
