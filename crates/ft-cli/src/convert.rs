@@ -2,6 +2,7 @@
 //! Hugging Face style safetensors directory that mlx_lm and transformers load
 //! unchanged: config.json, the weights, and the tokenizer files.
 
+use crate::common::model_failure;
 use crate::Failure;
 use anyhow::{anyhow, Context};
 use ft_data::TextTokenizer;
@@ -85,11 +86,7 @@ pub fn run(args: &Args) -> Result<(), Failure> {
         ..ExportOptions::default()
     };
     save_hf_dir(&model, &args.out, &export).map_err(model_failure)?;
-    let tokenizer_files = match &source {
-        ModelSource::Directory(dir) => copy_tokenizer_files(dir, &args.out),
-        ModelSource::Gguf(path) => write_gguf_tokenizer(path, &args.out, &model.args),
-    }
-    .map_err(Failure::User)?;
+    let tokenizer_files = write_tokenizer_files(&args.model, &args.out, &model.args)?;
     println!(
         "wrote {} ({}{}) in {:.1}s",
         args.out.display(),
@@ -108,11 +105,19 @@ pub fn run(args: &Args) -> Result<(), Failure> {
     Ok(())
 }
 
-fn model_failure(error: ft_model::Error) -> Failure {
-    match error {
-        ft_model::Error::Mlx(_) => Failure::Internal(error.into()),
-        other => Failure::User(other.into()),
+/// Writes the tokenizer files of `model` (copied from its directory, or
+/// built from its GGUF metadata) into the model directory `out`.
+pub fn write_tokenizer_files(
+    model: &str,
+    out: &Path,
+    args: &ft_model::ModelArgs,
+) -> Result<Vec<String>, Failure> {
+    let source = ModelSource::resolve(model).map_err(model_failure)?;
+    match &source {
+        ModelSource::Directory(dir) => copy_tokenizer_files(dir, out),
+        ModelSource::Gguf(path) => write_gguf_tokenizer(path, out, args),
     }
+    .map_err(Failure::User)
 }
 
 fn same_path(a: &Path, b: &Path) -> bool {

@@ -4,11 +4,17 @@
 //! exit code: 0 ok, 1 user error or failed check, 2 internal error.
 
 mod bench;
+mod common;
 mod config_cmd;
 mod convert;
 mod data;
 mod doctor;
+mod eval;
+mod fuse;
+mod generate;
 mod inspect;
+mod plot;
+mod train;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -26,6 +32,26 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Fine-tune a model with LoRA from a configuration file.
+    ///
+    /// Example: `ft train --config configs/quickstart.toml --set training.steps=50`
+    Train(train::Args),
+    /// Generate text with a model and, optionally, an adapter (streamed).
+    ///
+    /// Example: `ft generate --adapter runs/quickstart/adapter --prompt "Extract ..."`
+    Generate(generate::Args),
+    /// Loss, perplexity and target-token count of a model (with an adapter) on a dataset.
+    ///
+    /// Example: `ft eval --adapter runs/quickstart/adapter --data examples/data/demo/valid.jsonl`
+    Eval(eval::Args),
+    /// Merge an adapter into its base model and save the result as a model directory.
+    ///
+    /// Example: `ft fuse --adapter runs/quickstart/adapter --out fused --dequantize`
+    Fuse(fuse::FuseArgs),
+    /// Rewrite an adapter in mlx-lm or Hugging Face PEFT format.
+    ///
+    /// Example: `ft export --adapter runs/quickstart/adapter --format peft --out adapter-peft`
+    Export(fuse::ExportArgs),
     /// Check the MLX runtime: version, device, BLAS, matmul speed, gradients.
     ///
     /// Example: `ft doctor --json`
@@ -64,8 +90,17 @@ pub enum Failure {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.verbose);
+    let json_log = match &cli.command {
+        Command::Train(args) => args.json_log_file(),
+        _ => None,
+    };
+    init_logging(cli.verbose, json_log);
     let outcome = match cli.command {
+        Command::Train(args) => train::run(&args),
+        Command::Generate(args) => generate::run(&args),
+        Command::Eval(args) => eval::run(&args),
+        Command::Fuse(args) => fuse::run_fuse(&args),
+        Command::Export(args) => fuse::run_export(&args),
         Command::Doctor(args) => doctor::run(&args),
         Command::Inspect(args) => inspect::run(&args),
         Command::Convert(args) => convert::run(&args),
@@ -94,7 +129,13 @@ fn report(error: &anyhow::Error, verbose: u8) {
     }
 }
 
-fn init_logging(verbose: u8) {
+/// Human-readable logs on stderr (warnings by default, `-v` debug, `FT_LOG`
+/// overrides); with `json_file`, every event from `info` up also goes there
+/// as JSON lines.
+fn init_logging(verbose: u8, json_file: Option<std::path::PathBuf>) {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::Layer;
     let default = match verbose {
         0 => "warn",
         1 => "debug",
@@ -102,8 +143,35 @@ fn init_logging(verbose: u8) {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("FT_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let terminal = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
+        .with_filter(filter);
+    let json = json_file.and_then(|path| {
+        if let Some(parent) = path.parent() {
+            let _ = std::fs::create_dir_all(parent);
+        }
+        match std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+        {
+            Ok(file) => Some(
+                tracing_subscriber::fmt::layer()
+                    .json()
+                    .with_writer(std::sync::Mutex::new(file))
+                    .with_filter(tracing_subscriber::filter::LevelFilter::INFO),
+            ),
+            Err(error) => {
+                eprintln!(
+                    "warning: cannot open the JSON log {}: {error}",
+                    path.display()
+                );
+                None
+            }
+        }
+    });
+    tracing_subscriber::registry()
+        .with(terminal)
+        .with(json)
         .init();
 }

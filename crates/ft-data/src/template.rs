@@ -111,6 +111,30 @@ impl ChatFormatter {
         }
     }
 
+    /// Token ids that prompt the model for the next assistant turn of
+    /// `messages` (a conversation ending with a user turn): the template's
+    /// generation prompt, or `[INST] ... [/INST]` for Mistral v3.
+    pub fn encode_prompt(
+        &self,
+        tokenizer: &TextTokenizer,
+        messages: &[Message],
+    ) -> Result<Vec<u32>> {
+        let mut ids = match &self.kind {
+            FormatterKind::Jinja(t) => tokenizer.encode(&t.render(messages, true)?)?,
+            FormatterKind::MistralV3 { inst, inst_end } => {
+                encode_mistral_v3(tokenizer, messages, *inst, *inst_end)?.ids
+            }
+            FormatterKind::Raw => encode_raw(tokenizer, messages)?.ids,
+        };
+        let special = tokenizer.special();
+        if let Some(bos) = special.bos {
+            if special.add_bos && ids.first() != Some(&bos) {
+                ids.insert(0, bos);
+            }
+        }
+        Ok(ids)
+    }
+
     /// Tokenizes a conversation; the mask marks assistant tokens and the
     /// end-of-turn token after each.
     pub fn encode(&self, tokenizer: &TextTokenizer, messages: &[Message]) -> Result<Tokenized> {
