@@ -1,12 +1,16 @@
 """mlx-lm side of mlx-ft's reference comparisons, run by `cargo xtask` in the
 reference venv (.ft/venv-mlx, see xtask/src/python.rs).
 
-Subcommands (each prints one JSON document on stdout):
+Subcommands (each prints JSON on stdout):
 
   blas                      which BLAS MLX reached and fp32 1024^3 matmul GFLOP/s
   logits MODEL_DIR OUT      logits of fixed prompts, written as the parity fixture
   encode MODEL_DIR          the chat prompt of `cargo xtask bench generate`, as ids
   generate MODEL_DIR IDS    greedy mlx_lm.stream_generate timings on the given ids
+                            (one JSON line per run)
+  lora CONFIG_YAML          `mlx_lm lora --config CONFIG_YAML` as is, plus one
+                            "MLX_REF_TRAIN {json}" / "MLX_REF_VAL {json}" line
+                            per report of its trainer
 """
 
 import argparse
@@ -176,8 +180,7 @@ def cmd_generate(args):
     # Exactly max_tokens tokens on both sides: no end-of-sequence stop.
     tokenizer.eos_token_ids = []
     sampler = make_sampler(temp=0.0)
-    runs = []
-    for _ in range(args.warmup + args.repeats):
+    for run in range(args.warmup + args.repeats):
         last = None
         tokens = []
         for response in stream_generate(
@@ -185,20 +188,46 @@ def cmd_generate(args):
         ):
             tokens.append(int(response.token))
             last = response
-        runs.append(
-            {
-                "prompt_tokens": last.prompt_tokens,
-                "prompt_tps": last.prompt_tps,
-                "generation_tokens": last.generation_tokens,
-                # mlx_lm divides all generated tokens by the time after the
-                # first one; the time itself is what we compare.
-                "decode_seconds": last.generation_tokens / last.generation_tps,
-                "generation_tps": last.generation_tps,
-                "peak_memory_gb": last.peak_memory,
-                "tokens": tokens,
-            }
+        if run < args.warmup:
+            continue
+        # mlx_lm's generation_tps counts every generated token over the time
+        # after the first one; decode_seconds is that time, compared as is.
+        decode_seconds = last.generation_tokens / last.generation_tps
+        print(
+            json.dumps(
+                {
+                    "prompt_tokens": last.prompt_tokens,
+                    "prompt_tps": last.prompt_tps,
+                    "generation_tokens": last.generation_tokens,
+                    "generation_tps": last.generation_tps,
+                    "decode_seconds": decode_seconds,
+                    "decode_tps": (last.generation_tokens - 1) / decode_seconds,
+                    "peak_memory_gb": last.peak_memory,
+                    "tokens": tokens,
+                }
+            ),
+            flush=True,
         )
-    print(json.dumps({"runs": runs[args.warmup :]}))
+
+
+def cmd_lora(args):
+    # mlx_lm 0.32.2 prints its training reports as a rich table without the
+    # peak memory, and its run() replaces any callback passed to it with
+    # get_reporting_callbacks(...): route that to ours, then run mlx_lm's own
+    # `lora` entry point, so CLI and YAML handling are exactly mlx_lm's.
+    import mlx_lm.lora as lora
+    from mlx_lm.tuner.callbacks import TrainingCallback
+
+    class Report(TrainingCallback):
+        def on_train_loss_report(self, train_info):
+            print("MLX_REF_TRAIN " + json.dumps(train_info), flush=True)
+
+        def on_val_loss_report(self, val_info):
+            print("MLX_REF_VAL " + json.dumps(val_info), flush=True)
+
+    lora.get_reporting_callbacks = lambda *_args, **_kwargs: Report()
+    sys.argv = ["mlx_lm.lora", "--config", args.config]
+    lora.main()
 
 
 def main(argv):
@@ -219,6 +248,9 @@ def main(argv):
     generate.add_argument("--repeats", type=int, default=3)
     generate.add_argument("--warmup", type=int, default=1)
     generate.set_defaults(func=cmd_generate)
+    lora = sub.add_parser("lora")
+    lora.add_argument("config")
+    lora.set_defaults(func=cmd_lora)
     args = parser.parse_args(argv)
     args.func(args)
 

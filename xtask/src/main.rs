@@ -6,6 +6,8 @@
 //! README's two commands are all a new machine needs.
 
 mod bench_data;
+mod bench_generate;
+mod bench_train;
 mod demo_data;
 mod fixtures;
 mod python;
@@ -26,6 +28,10 @@ commands:
   e2e                                   setup, then the main job on the built-in default model
   doctor [--json]                       setup, then `ft doctor`
   bench data [--lines N] [--budget-s S] setup, then `ft data validate` on a clean 100k-line chat file: lines/s, tokens/s
+  bench generate [--max-tokens N] [--rounds N] [--repeats N]
+                                        greedy generation tokens/s, ft-model vs mlx_lm on the same fp32 model
+  bench train --reference-only [--iters N] [--data DIR]
+                                        LoRA training tokens/s, peak memory, loss of mlx-lm on the demo data
   fixtures chat-template                setup and the reference venv, then the chat-template parity fixture (transformers)
   fixtures logits                       setup and the reference venv, then the mlx_lm logits parity fixture (ft-model)
   demo-data [--check]                   write (or check) the demo data set examples/data/demo/{train,valid}.jsonl
@@ -92,7 +98,9 @@ fn run() -> Result<()> {
                 setup::run(&root, setup::Options::parse(&[])?)?;
                 bench_data::run(&root, &rest[1..])?;
             }
-            _ => bail!("usage: cargo xtask bench data [options]\n\n{USAGE}"),
+            Some("generate") => bench_generate::run(&root, &rest[1..])?,
+            Some("train") => bench_train::run(&root, &rest[1..])?,
+            _ => bail!("usage: cargo xtask bench data|generate|train [options]\n\n{USAGE}"),
         },
         "fixtures" => fixtures::run(&root, rest)?,
         "demo-data" => demo_data::run(&root, rest)?,

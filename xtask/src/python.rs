@@ -183,6 +183,26 @@ pub fn json_str<'a>(json: &'a str, key: &str) -> Result<&'a str> {
     Ok(&inner[..end])
 }
 
+/// The `[...]` list of numbers after `"key": ` (not nested).
+pub fn json_numbers(json: &str, key: &str) -> Result<Vec<f64>> {
+    let raw = json_raw(json, key)?;
+    let inner = raw
+        .strip_prefix('[')
+        .with_context(|| format!("`{key}` is not a list in {json}"))?;
+    let end = inner
+        .find(']')
+        .with_context(|| format!("unterminated `{key}` list"))?;
+    inner[..end]
+        .split(',')
+        .map(str::trim)
+        .filter(|item| !item.is_empty())
+        .map(|item| {
+            item.parse()
+                .with_context(|| format!("`{key}` has a non-number `{item}`"))
+        })
+        .collect()
+}
+
 fn json_raw<'a>(json: &'a str, key: &str) -> Result<&'a str> {
     let pattern = format!("\"{key}\":");
     let start = json

@@ -5,7 +5,7 @@
 
 use crate::model::{AttentionScope, KvCache, LinearAdapter, Model};
 use crate::{Error, Result};
-use mlx_rs::{Array, Dtype};
+use mlx_rs::{ops, Array, Dtype};
 use std::time::Instant;
 
 /// How to pick tokens.
@@ -109,7 +109,15 @@ pub fn generate(
     let Some(last_hidden) = last_hidden else {
         return Err(Error::InvalidRequest("the prompt has no tokens".into()));
     };
-    let mut logits = model.logits(&last_hidden)?;
+    let logits = model.logits(&last_hidden)?;
+    let timing = Timing {
+        started,
+        prompt_tokens: prompt.len(),
+    };
+    if options.temperature <= 0.0 && options.repetition_penalty == 1.0 {
+        return greedy_on_device(model, adapter, cache, logits, options, on_token, timing);
+    }
+    let mut logits = logits;
     let mut sampler = Sampler::new(options.seed);
     let mut context: Vec<u32> = prompt.to_vec();
     let mut tokens = Vec::new();
@@ -124,14 +132,8 @@ pub fn generate(
         }
         tokens.push(next);
         context.push(next);
-        if !on_token(next) {
-            break StopReason::Cancelled;
-        }
-        if options.stop_ids.contains(&next) {
-            break StopReason::StopToken;
-        }
-        if tokens.len() >= options.max_tokens {
-            break StopReason::MaxTokens;
+        if let Some(reason) = stop_after(next, tokens.len(), options, on_token) {
+            break reason;
         }
         logits = model.forward(
             &ids_array(&[next]),
@@ -140,13 +142,104 @@ pub fn generate(
             AttentionScope::Causal,
         )?;
     };
-    Ok(Generation {
-        tokens,
-        stop_reason,
-        prompt_tokens: prompt.len(),
-        prompt_seconds: prompt_seconds.unwrap_or(0.0),
-        decode_seconds: decode_started.elapsed().as_secs_f64(),
-    })
+    Ok(timing.finish(tokens, stop_reason, prompt_seconds, decode_started))
+}
+
+/// When generation started and how long the prompt was.
+struct Timing {
+    started: Instant,
+    prompt_tokens: usize,
+}
+
+impl Timing {
+    fn finish(
+        self,
+        tokens: Vec<u32>,
+        stop_reason: StopReason,
+        prompt_seconds: Option<f64>,
+        decode_started: Instant,
+    ) -> Generation {
+        Generation {
+            tokens,
+            stop_reason,
+            prompt_tokens: self.prompt_tokens,
+            prompt_seconds: prompt_seconds.unwrap_or(0.0),
+            decode_seconds: decode_started.elapsed().as_secs_f64(),
+        }
+    }
+}
+
+/// Streams `next` and says whether generation ends after it.
+fn stop_after(
+    next: u32,
+    produced: usize,
+    options: &SamplingOptions,
+    on_token: &mut dyn FnMut(u32) -> bool,
+) -> Option<StopReason> {
+    if !on_token(next) {
+        Some(StopReason::Cancelled)
+    } else if options.stop_ids.contains(&next) {
+        Some(StopReason::StopToken)
+    } else if produced >= options.max_tokens {
+        Some(StopReason::MaxTokens)
+    } else {
+        None
+    }
+}
+
+/// Greedy decoding without host copies of the logits: the argmax stays on
+/// the device and feeds the next step directly, and step `n + 1` is queued
+/// (`async_eval`) before token `n` is read back, so building its graph
+/// overlaps the computation of token `n`. When generation stops, the one
+/// queued step is dropped with the cache.
+fn greedy_on_device(
+    model: &Model,
+    adapter: &dyn LinearAdapter,
+    mut cache: KvCache,
+    logits: Array,
+    options: &SamplingOptions,
+    on_token: &mut dyn FnMut(u32) -> bool,
+    timing: Timing,
+) -> Result<Generation> {
+    let pick = |logits: &Array| -> Result<Array> { Ok(ops::indexing::argmax(logits, false)?) };
+    let mut current = pick(&logits)?;
+    mlx_rs::transforms::async_eval([&current])?;
+    let mut tokens = Vec::new();
+    let mut prompt_seconds = None;
+    let mut decode_started = Instant::now();
+    let stop_reason = loop {
+        // Queue the next step on the not yet read token, unless it is the last.
+        let queued = if tokens.len() + 1 < options.max_tokens {
+            let input = current.reshape(&[1, 1])?;
+            let logits =
+                model.forward(&input, adapter, Some(&mut cache), AttentionScope::Causal)?;
+            let next = pick(&logits)?;
+            mlx_rs::transforms::async_eval([&next])?;
+            Some(next)
+        } else {
+            None
+        };
+        let id = current.as_dtype(Dtype::Uint32)?;
+        id.eval()?;
+        let next = id
+            .as_slice::<u32>()
+            .first()
+            .copied()
+            .ok_or_else(|| Error::InvalidRequest("the model produced empty logits".into()))?;
+        if prompt_seconds.is_none() {
+            prompt_seconds = Some(timing.started.elapsed().as_secs_f64());
+            decode_started = Instant::now();
+        }
+        tokens.push(next);
+        if let Some(reason) = stop_after(next, tokens.len(), options, on_token) {
+            break reason;
+        }
+        match queued {
+            Some(next) => current = next,
+            None => break StopReason::MaxTokens,
+        }
+    };
+    Ok(timing.finish(tokens, stop_reason, prompt_seconds, decode_started))
 }
 
 fn ids_array(ids: &[u32]) -> Array {
@@ -247,12 +340,61 @@ fn argmax(values: &[f32]) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::NoAdapter;
 
     fn options(temperature: f32) -> SamplingOptions {
         SamplingOptions {
             temperature,
             ..SamplingOptions::default()
         }
+    }
+
+    #[test]
+    fn device_greedy_matches_host_argmax_and_stops_like_it() {
+        let model = crate::tiny::tiny_model(5, &crate::LoadOptions::default()).expect("model");
+        let prompt = [3_u32, 17, 42, 7, 99];
+        let run = |options: &SamplingOptions| {
+            let mut streamed = Vec::new();
+            let generation = generate(&model, &NoAdapter, &prompt, options, &mut |id| {
+                streamed.push(id);
+                true
+            })
+            .expect("generates");
+            assert_eq!(streamed, generation.tokens);
+            generation
+        };
+        let device = run(&SamplingOptions {
+            max_tokens: 12,
+            ..options(0.0)
+        });
+        // top_k 1 at a positive temperature takes the host path, always the argmax.
+        let host = run(&SamplingOptions {
+            max_tokens: 12,
+            top_k: 1,
+            ..options(1.0)
+        });
+        assert_eq!(device.tokens, host.tokens);
+        assert_eq!(device.tokens.len(), 12);
+        assert_eq!(device.stop_reason, StopReason::MaxTokens);
+        // A stop id ends both paths at the same place.
+        let stop = device.tokens[4];
+        let first = device
+            .tokens
+            .iter()
+            .position(|&t| t == stop)
+            .expect("present");
+        let stopped = run(&SamplingOptions {
+            max_tokens: 12,
+            stop_ids: vec![stop],
+            ..options(0.0)
+        });
+        assert_eq!(stopped.tokens, device.tokens[..=first].to_vec());
+        assert_eq!(stopped.stop_reason, StopReason::StopToken);
+        let single = run(&SamplingOptions {
+            max_tokens: 1,
+            ..options(0.0)
+        });
+        assert_eq!(single.tokens, device.tokens[..1].to_vec());
     }
 
     #[test]
