@@ -96,6 +96,31 @@ pub fn blas_binding() -> BlasBinding {
     }
 }
 
+/// Threads OpenBLAS uses for one call, when OpenBLAS is the BLAS.
+pub fn blas_threads() -> Option<i32> {
+    let address = ["openblas_get_num_threads", "scipy_openblas_get_num_threads"]
+        .iter()
+        .find_map(|symbol| symbol_address(symbol))?;
+    // SAFETY: OpenBLAS's `*_get_num_threads` takes no arguments, returns an int.
+    let getter: extern "C" fn() -> libc::c_int = unsafe { std::mem::transmute(address) };
+    Some(getter())
+}
+
+/// Sets the threads OpenBLAS uses for one call; `false` when the BLAS is not
+/// OpenBLAS (Accelerate and others manage their own threads).
+pub fn set_blas_threads(threads: i32) -> bool {
+    let Some(address) = ["openblas_set_num_threads", "scipy_openblas_set_num_threads"]
+        .iter()
+        .find_map(|symbol| symbol_address(symbol))
+    else {
+        return false;
+    };
+    // SAFETY: OpenBLAS's `*_set_num_threads` takes one int and returns nothing.
+    let setter: extern "C" fn(libc::c_int) = unsafe { std::mem::transmute(address) };
+    setter(threads.max(1));
+    true
+}
+
 fn symbol_address(symbol: &str) -> Option<*mut libc::c_void> {
     let name = CString::new(symbol).ok()?;
     // SAFETY: dlsym with RTLD_DEFAULT searches the global scope; no unload.

@@ -22,12 +22,13 @@ pub mod data_options;
 pub mod error;
 pub mod loss;
 pub mod metrics;
+pub mod parallel;
 pub mod trainer;
 
 pub use checkpoint::TrainerState;
 pub use error::{Result, TrainError};
 pub use metrics::{Callbacks, Control, EvalMetrics, MetricsRecord, NoCallbacks, StepMetrics};
 pub use trainer::{
-    evaluate, load_datasets, load_options, loss_and_grads, model_tokenizer, EvalResult, RunInfo,
-    StopCause, TrainSummary, Trainer,
+    evaluate, evaluate_with, load_datasets, load_options, loss_and_grads, model_tokenizer,
+    parallel_loss_sum, EvalResult, RunInfo, StopCause, TrainSummary, Trainer,
 };

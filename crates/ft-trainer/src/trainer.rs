@@ -5,6 +5,7 @@ use crate::data_options::{batch_options, data_options};
 use crate::error::io_error;
 use crate::loss::{loss_sum, BatchArrays};
 use crate::metrics::{Callbacks, Control, EvalMetrics, MetricsFile, MetricsRecord, StepMetrics};
+use crate::parallel::Workers;
 use crate::{Result, TrainError};
 use ft_config::{
     Config, NonFinitePolicy, OptimizerName, Quantization, SchedulerKind, TrainingLength,
@@ -98,6 +99,7 @@ pub struct Trainer {
     run_dir: PathBuf,
     resumed: bool,
     last_checkpoint: Option<PathBuf>,
+    workers: Workers,
 }
 
 /// How the configured base model is loaded: dense in `model.dtype`, or
@@ -206,7 +208,9 @@ impl Trainer {
             run_dir,
             resumed,
             last_checkpoint,
+            workers: Workers::single(),
         };
+        trainer.workers = Workers::auto(trainer.config.training.batch_size as usize);
         trainer.schedule = trainer.build_schedule()?;
         Ok(trainer)
     }
@@ -340,13 +344,14 @@ impl Trainer {
             return Ok(None);
         };
         let limit = self.config.training.eval_batches.map(|n| n as usize);
-        let result = evaluate(
+        let result = evaluate_with(
             &self.model,
             &self.adapters.view(),
             valid,
             self.config.training.batch_size as usize,
             self.tokenizer.special().pad_id(),
             limit,
+            &self.workers,
         )?;
         Ok(Some((result.loss, result.target_tokens)))
     }
@@ -436,18 +441,19 @@ impl Trainer {
                 let batch = batcher
                     .next_batch(&mut self.state.cursor)?
                     .ok_or_else(|| TrainError::Config("the training set yields no batch".into()))?;
-                let arrays = BatchArrays::new(&batch);
-                target_tokens += arrays.target_tokens as u64;
-                real_tokens += arrays.real_tokens as u64;
-                if arrays.target_tokens == 0 {
+                target_tokens += batch.target_tokens as u64;
+                real_tokens += batch.real_tokens() as u64;
+                if batch.target_tokens == 0 {
                     continue;
                 }
+                let parts = self.workers.split(&batch);
                 let seed = dropout.then(|| dropout_seed(training.seed, step, micro));
                 let (loss, grads) = loss_and_grads(
                     &self.model,
                     &self.adapters.layout,
                     &self.adapters.params,
-                    &arrays,
+                    &parts,
+                    &self.workers,
                     seed,
                     smoothing,
                 )?;
@@ -617,13 +623,14 @@ pub fn loss_and_grads(
     model: &Model,
     layout: &LoraLayout,
     params: &[Array],
-    batch: &BatchArrays,
+    parts: &[BatchArrays],
+    workers: &Workers,
     dropout_seed: Option<u64>,
     label_smoothing: f32,
 ) -> Result<(Array, Vec<Array>)> {
     let objective = |params: &[Array]| -> mlx_rs::error::Result<Vec<Array>> {
         let view = layout.view(params, dropout_seed);
-        loss_sum(model, &view, batch, label_smoothing)
+        parallel_loss_sum(model, &view, parts, workers, label_smoothing)
             .map(|loss| vec![loss])
             .map_err(|error| mlx_rs::error::Exception::custom(error.to_string()))
     };
@@ -635,6 +642,29 @@ pub fn loss_and_grads(
         .next()
         .ok_or_else(|| TrainError::Config("the objective returned no value".into()))?;
     Ok((loss, grads))
+}
+
+/// The loss sum of a batch split into `parts`, each computed on its
+/// worker's stream.
+pub fn parallel_loss_sum(
+    model: &Model,
+    adapter: &dyn LinearAdapter,
+    parts: &[BatchArrays],
+    workers: &Workers,
+    label_smoothing: f32,
+) -> Result<Array> {
+    let mut total: Option<Array> = None;
+    for (index, part) in parts.iter().enumerate() {
+        if part.target_tokens == 0 {
+            continue;
+        }
+        let loss = workers.on(index, || loss_sum(model, adapter, part, label_smoothing))?;
+        total = Some(match total {
+            None => loss,
+            Some(sum) => sum.add(&loss)?,
+        });
+    }
+    Ok(total.unwrap_or_else(|| Array::from_f32(0.0)))
 }
 
 /// Loss of a model (with adapters) on a dataset.
@@ -660,6 +690,28 @@ pub fn evaluate(
     pad_id: u32,
     max_batches: Option<usize>,
 ) -> Result<EvalResult> {
+    let workers = Workers::auto(batch_size);
+    evaluate_with(
+        model,
+        adapter,
+        dataset,
+        batch_size,
+        pad_id,
+        max_batches,
+        &workers,
+    )
+}
+
+/// [`evaluate`] with the given workers.
+pub fn evaluate_with(
+    model: &Model,
+    adapter: &dyn LinearAdapter,
+    dataset: &Dataset,
+    batch_size: usize,
+    pad_id: u32,
+    max_batches: Option<usize>,
+    workers: &Workers,
+) -> Result<EvalResult> {
     let batcher = dataset.batcher(BatchOptions {
         batch_size: batch_size.max(1),
         shuffle: false,
@@ -675,13 +727,13 @@ pub fn evaluate(
         .iter()
         .take(max_batches.unwrap_or(usize::MAX))
     {
-        let arrays = BatchArrays::new(batch);
-        if arrays.target_tokens == 0 {
+        if batch.target_tokens == 0 {
             continue;
         }
-        let loss = loss_sum(model, adapter, &arrays, 0.0)?;
+        let parts = workers.split(batch);
+        let loss = parallel_loss_sum(model, adapter, &parts, workers, 0.0)?;
         total += scalar(&loss)?;
-        tokens += arrays.target_tokens as u64;
+        tokens += batch.target_tokens as u64;
         batches += 1;
     }
     if tokens == 0 {

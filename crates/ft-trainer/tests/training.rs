@@ -8,6 +8,7 @@ use ft_lora::{LoraAdapters, LoraSpec};
 use ft_model::{tiny, LoadOptions, Model, Projection};
 use ft_trainer::loss::BatchArrays;
 use ft_trainer::metrics::read_metrics;
+use ft_trainer::parallel::Workers;
 use ft_trainer::{
     loss_and_grads, Callbacks, Control, MetricsRecord, NoCallbacks, StepMetrics, TrainError,
     Trainer,
@@ -148,9 +149,9 @@ fn train_losses(run_dir: &Path) -> Vec<(u64, f64)> {
 #[test]
 fn a_tiny_model_overfits_sixteen_examples() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut config = config(dir.path(), 300);
-    config.training.eval_every = 100;
-    config.optimizer.learning_rate = 2e-2;
+    let mut config = config(dir.path(), 500);
+    config.training.eval_every = 250;
+    config.optimizer.learning_rate = 5e-3;
     let mut trainer = Trainer::with_model(config, model(1), tokenizer()).expect("trainer");
     let summary = trainer.train(&mut NoCallbacks).expect("train");
     let losses = train_losses(&dir.path().join("run"));
@@ -192,11 +193,28 @@ fn lora_gradients_match_finite_differences() {
     }
     let layout = adapters.layout.clone();
     let loss_at = |params: &[Array]| -> f64 {
-        let (loss, _) = loss_and_grads(&model, &layout, params, &arrays, None, 0.0).expect("loss");
+        let (loss, _) = loss_and_grads(
+            &model,
+            &layout,
+            params,
+            std::slice::from_ref(&arrays),
+            &Workers::single(),
+            None,
+            0.0,
+        )
+        .expect("loss");
         f64::from(loss.as_slice::<f32>()[0]) / arrays.target_tokens as f64
     };
-    let (_, grads) =
-        loss_and_grads(&model, &layout, &adapters.params, &arrays, None, 0.0).expect("grads");
+    let (_, grads) = loss_and_grads(
+        &model,
+        &layout,
+        &adapters.params,
+        std::slice::from_ref(&arrays),
+        &Workers::single(),
+        None,
+        0.0,
+    )
+    .expect("grads");
     let h = 1e-2f32;
     let mut checked = 0;
     for (index, grad) in grads.iter().enumerate() {
@@ -242,24 +260,28 @@ fn accumulated_micro_batches_equal_the_large_batch() {
     for param in adapters.params.iter_mut().skip(1).step_by(2) {
         *param = mlx_rs::random::normal::<f32>(param.shape(), None, 0.1, None).expect("b");
     }
-    let grads_of = |rows: &[Vec<usize>]| {
-        let arrays = BatchArrays::new(&batcher.build(rows));
+    // The large batch split over parallel CPU streams (two on two cores),
+    // the micro-batches each on the default stream.
+    let grads_of = |rows: &[Vec<usize>], workers: &Workers| {
+        let batch = batcher.build(rows);
+        let parts = workers.split(&batch);
         let (loss, grads) = loss_and_grads(
             &model,
             &adapters.layout,
             &adapters.params,
-            &arrays,
+            &parts,
+            workers,
             None,
             0.1,
         )
         .expect("grads");
-        (loss, grads, arrays.target_tokens)
+        (loss, grads, batch.target_tokens)
     };
-    let (_, large, large_tokens) = grads_of(&rows);
+    let (_, large, large_tokens) = grads_of(&rows, &Workers::auto(4));
     let mut accumulator = ft_optim::GradAccumulator::new();
     let mut tokens = 0;
     for half in rows.chunks(2) {
-        let (_, grads, count) = grads_of(half);
+        let (_, grads, count) = grads_of(half, &Workers::single());
         accumulator.add(grads).expect("add");
         tokens += count;
     }

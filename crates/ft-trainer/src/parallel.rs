@@ -1,0 +1,121 @@
+//! Row parallelism across MLX CPU streams.
+//!
+//! On the CPU backend MLX runs each stream's operations on its own thread,
+//! and most of them (softmax, SiLU, normalisation) on that one thread only;
+//! OpenBLAS parallelises the matrix products on its own. Splitting a batch
+//! into row groups that run on separate streams, with OpenBLAS given the
+//! remaining cores each, keeps every core busy through the element-wise
+//! work too: on 2 cores a forward pass of the default model runs about 1.4x
+//! faster than one stream with a 2-thread BLAS. The result is the same sum
+//! of per-token losses (the split only changes which thread computes what).
+//! GPU backends keep one stream.
+
+use crate::loss::BatchArrays;
+use ft_data::Batch;
+use mlx_rs::{Device, Stream};
+
+/// Streams that batches are spread over (empty: the default stream).
+pub struct Workers {
+    streams: Vec<Stream>,
+    blas_threads_before: Option<i32>,
+}
+
+impl Workers {
+    /// One stream: no splitting.
+    pub fn single() -> Self {
+        Workers {
+            streams: Vec::new(),
+            blas_threads_before: None,
+        }
+    }
+
+    /// As many CPU streams as cores (at most `max_rows`), or
+    /// `FT_CPU_STREAMS` when set; one stream on a GPU. Sets OpenBLAS to the
+    /// cores per stream until dropped.
+    pub fn auto(max_rows: usize) -> Self {
+        let on_cpu = matches!(
+            ft_model::runtime::default_device(),
+            Ok(device) if device == "cpu"
+        );
+        let cores = std::thread::available_parallelism().map_or(1, usize::from);
+        let wanted = std::env::var("FT_CPU_STREAMS")
+            .ok()
+            .and_then(|v| v.parse::<usize>().ok())
+            .unwrap_or(cores);
+        let count = wanted.clamp(1, max_rows.max(1)).min(64);
+        if !on_cpu || count <= 1 {
+            return Self::single();
+        }
+        let blas_threads_before = ft_model::runtime::blas_threads();
+        ft_model::runtime::set_blas_threads((cores / count).max(1) as i32);
+        Workers {
+            streams: (0..count)
+                .map(|_| Stream::new_with_device(&Device::cpu()))
+                .collect(),
+            blas_threads_before,
+        }
+    }
+
+    /// Number of parts a batch is split into.
+    pub fn count(&self) -> usize {
+        self.streams.len().max(1)
+    }
+
+    /// The batch as one [`BatchArrays`] per worker (fewer for small
+    /// batches), each trimmed to its own longest row.
+    pub fn split(&self, batch: &Batch) -> Vec<BatchArrays> {
+        let rows = batch.ids.len();
+        let parts = self.count().min(rows.max(1));
+        if parts <= 1 {
+            return vec![BatchArrays::new(batch)];
+        }
+        let per_part = rows.div_ceil(parts);
+        (0..rows)
+            .step_by(per_part)
+            .map(|start| BatchArrays::new(&sub_batch(batch, start..(start + per_part).min(rows))))
+            .collect()
+    }
+
+    /// Runs `f` with part `index`'s stream as the default stream.
+    pub fn on<T>(&self, index: usize, f: impl FnOnce() -> T) -> T {
+        match self.streams.get(index) {
+            Some(stream) => mlx_rs::with_stream(stream, f),
+            None => f(),
+        }
+    }
+}
+
+impl Drop for Workers {
+    fn drop(&mut self) {
+        if let Some(threads) = self.blas_threads_before {
+            ft_model::runtime::set_blas_threads(threads);
+        }
+    }
+}
+
+/// Rows `range` of a batch, cut to the longest of them.
+fn sub_batch(batch: &Batch, range: std::ops::Range<usize>) -> Batch {
+    let width = batch.lengths[range.clone()]
+        .iter()
+        .copied()
+        .max()
+        .unwrap_or(0);
+    let cut = |rows: &[Vec<u32>]| -> Vec<Vec<u32>> {
+        rows.iter()
+            .map(|row| row[..width.min(row.len())].to_vec())
+            .collect()
+    };
+    let mask: Vec<Vec<bool>> = batch.mask[range.clone()]
+        .iter()
+        .map(|row| row[..width.min(row.len())].to_vec())
+        .collect();
+    Batch {
+        ids: cut(&batch.ids[range.clone()]),
+        target_tokens: mask.iter().flatten().filter(|&&m| m).count(),
+        mask,
+        lengths: batch.lengths[range.clone()].to_vec(),
+        segment_ids: batch.segment_ids.as_ref().map(|s| cut(&s[range.clone()])),
+        position_ids: batch.position_ids.as_ref().map(|p| cut(&p[range.clone()])),
+        examples: batch.examples[range].to_vec(),
+    }
+}
