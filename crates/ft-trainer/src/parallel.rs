@@ -1,23 +1,38 @@
-//! Row parallelism across MLX CPU streams.
+//! Row parallelism across MLX CPU streams, for forward-only passes.
 //!
 //! On the CPU backend MLX runs each stream's operations on its own thread,
-//! and most of them (softmax, SiLU, normalisation) on that one thread only;
-//! OpenBLAS parallelises the matrix products on its own. Splitting a batch
-//! into row groups that run on separate streams, with OpenBLAS given the
-//! remaining cores each, keeps every core busy through the element-wise
-//! work too: on 2 cores a forward pass of the default model runs about 1.4x
-//! faster than one stream with a 2-thread BLAS. The result is the same sum
-//! of per-token losses (the split only changes which thread computes what).
-//! GPU backends keep one stream.
+//! most of them (softmax, SiLU, normalisation) on that one thread only;
+//! OpenBLAS parallelises the matrix products by itself. Splitting a batch
+//! into row groups on separate streams, with OpenBLAS given the remaining
+//! cores each, keeps every core busy through the element-wise work too:
+//! evaluating the demo validation set with the default model took 16.3 s
+//! instead of 22.4 s on 2 cores. Training steps are not split: with the
+//! backward pass (mostly matrix products) one stream with a 2-thread BLAS
+//! measured faster (218 vs 196 tokens/s). The result is the same sum of
+//! per-token losses either way. GPU backends keep one stream.
 
 use crate::loss::BatchArrays;
 use ft_data::Batch;
 use mlx_rs::{Device, Stream};
 
-/// Streams that batches are spread over (empty: the default stream).
+/// Streams that batches are spread over (empty: the default stream), and
+/// the OpenBLAS threads per stream while they work.
 pub struct Workers {
     streams: Vec<Stream>,
-    blas_threads_before: Option<i32>,
+    blas_threads: Option<i32>,
+}
+
+/// Restores OpenBLAS's thread count when dropped.
+pub struct BlasThreadsGuard {
+    before: Option<i32>,
+}
+
+impl Drop for BlasThreadsGuard {
+    fn drop(&mut self) {
+        if let Some(threads) = self.before {
+            ft_model::runtime::set_blas_threads(threads);
+        }
+    }
 }
 
 impl Workers {
@@ -25,13 +40,13 @@ impl Workers {
     pub fn single() -> Self {
         Workers {
             streams: Vec::new(),
-            blas_threads_before: None,
+            blas_threads: None,
         }
     }
 
     /// As many CPU streams as cores (at most `max_rows`), or
-    /// `FT_CPU_STREAMS` when set; one stream on a GPU. Sets OpenBLAS to the
-    /// cores per stream until dropped.
+    /// `FT_CPU_STREAMS` when set; one stream on a GPU. While
+    /// [`activate`](Self::activate)d, OpenBLAS gets the cores per stream.
     pub fn auto(max_rows: usize) -> Self {
         let on_cpu = matches!(
             ft_model::runtime::default_device(),
@@ -46,14 +61,25 @@ impl Workers {
         if !on_cpu || count <= 1 {
             return Self::single();
         }
-        let blas_threads_before = ft_model::runtime::blas_threads();
-        ft_model::runtime::set_blas_threads((cores / count).max(1) as i32);
         Workers {
             streams: (0..count)
                 .map(|_| Stream::new_with_device(&Device::cpu()))
                 .collect(),
-            blas_threads_before,
+            blas_threads: Some((cores / count).max(1) as i32),
         }
+    }
+
+    /// Gives OpenBLAS the cores per stream until the guard is dropped.
+    pub fn activate(&self) -> BlasThreadsGuard {
+        let before = match self.blas_threads {
+            Some(threads) => {
+                let before = ft_model::runtime::blas_threads();
+                ft_model::runtime::set_blas_threads(threads);
+                before
+            }
+            None => None,
+        };
+        BlasThreadsGuard { before }
     }
 
     /// Number of parts a batch is split into.
@@ -81,14 +107,6 @@ impl Workers {
         match self.streams.get(index) {
             Some(stream) => mlx_rs::with_stream(stream, f),
             None => f(),
-        }
-    }
-}
-
-impl Drop for Workers {
-    fn drop(&mut self) {
-        if let Some(threads) = self.blas_threads_before {
-            ft_model::runtime::set_blas_threads(threads);
         }
     }
 }

@@ -99,7 +99,9 @@ pub struct Trainer {
     run_dir: PathBuf,
     resumed: bool,
     last_checkpoint: Option<PathBuf>,
-    workers: Workers,
+    /// Streams for evaluation passes (training steps use one stream).
+    eval_workers: Workers,
+    train_workers: Workers,
 }
 
 /// How the configured base model is loaded: dense in `model.dtype`, or
@@ -208,9 +210,10 @@ impl Trainer {
             run_dir,
             resumed,
             last_checkpoint,
-            workers: Workers::single(),
+            eval_workers: Workers::single(),
+            train_workers: Workers::single(),
         };
-        trainer.workers = Workers::auto(trainer.config.training.batch_size as usize);
+        trainer.eval_workers = Workers::auto(trainer.config.training.batch_size as usize);
         trainer.schedule = trainer.build_schedule()?;
         Ok(trainer)
     }
@@ -351,7 +354,7 @@ impl Trainer {
             self.config.training.batch_size as usize,
             self.tokenizer.special().pad_id(),
             limit,
-            &self.workers,
+            &self.eval_workers,
         )?;
         Ok(Some((result.loss, result.target_tokens)))
     }
@@ -446,14 +449,14 @@ impl Trainer {
                 if batch.target_tokens == 0 {
                     continue;
                 }
-                let parts = self.workers.split(&batch);
+                let parts = self.train_workers.split(&batch);
                 let seed = dropout.then(|| dropout_seed(training.seed, step, micro));
                 let (loss, grads) = loss_and_grads(
                     &self.model,
                     &self.adapters.layout,
                     &self.adapters.params,
                     &parts,
-                    &self.workers,
+                    &self.train_workers,
                     seed,
                     smoothing,
                 )?;
@@ -719,6 +722,7 @@ pub fn evaluate_with(
         pad_id,
         ..BatchOptions::default()
     })?;
+    let _threads = workers.activate();
     let mut total = 0.0f64;
     let mut tokens = 0u64;
     let mut batches = 0usize;
