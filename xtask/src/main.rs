@@ -9,6 +9,7 @@ mod bench_data;
 mod bench_generate;
 mod bench_train;
 mod demo_data;
+mod e2e;
 mod fixtures;
 mod python;
 mod reference;
@@ -25,7 +26,8 @@ usage: cargo xtask <command> [options]
 commands:
   setup [--backend cpu|cuda12|cuda13]   install prerequisites, MLX runtime, BLAS, patched crates, default model
   test                                  setup, then fmt --check, clippy -D warnings and the whole test suite
-  e2e                                   setup, then the main job on the built-in default model
+  e2e                                   setup, then the main job: validate the demo data, measure the base
+                                        model, train (configs/quickstart.toml), measure again, fuse, check
   doctor [--json]                       setup, then `ft doctor`
   bench data [--lines N] [--budget-s S] setup, then `ft data validate` on a clean 100k-line chat file: lines/s, tokens/s
   bench generate [--max-tokens N] [--rounds N] [--repeats N]
@@ -65,7 +67,7 @@ fn run() -> Result<()> {
         }
         "e2e" => {
             setup::run(&root, setup::Options::parse(&[])?)?;
-            e2e(&root)?;
+            e2e::run(&root)?;
         }
         "doctor" => {
             setup::run(&root, setup::Options::parse(&[])?)?;
@@ -148,31 +150,4 @@ fn test(root: &Path, extra: &[String]) -> Result<()> {
         args.extend(["--", "--test-threads=1"]);
     }
     shell::cargo(root, &args)
-}
-
-/// The main job. Builds `ft` in release mode, checks the runtime with
-/// `ft doctor`, then the steps of the main job.
-fn e2e(root: &Path) -> Result<()> {
-    shell::step("cargo build --release -p ft-cli");
-    shell::cargo(root, &["build", "--release", "-p", "ft-cli"])?;
-    let ft = root.join("target/release/ft");
-    shell::step("ft doctor");
-    shell::run(
-        std::process::Command::new(&ft)
-            .arg("doctor")
-            .current_dir(root),
-    )?;
-    shell::step("ft inspect: load the default model and run a forward pass");
-    shell::run(
-        std::process::Command::new(&ft)
-            .args([
-                "inspect",
-                "--model",
-                "smollm2-135m-instruct",
-                "--dequantize",
-            ])
-            .current_dir(root),
-    )?;
-    println!("\ne2e: all steps passed");
-    Ok(())
 }

@@ -33,6 +33,47 @@ pub struct FuseArgs {
     /// Output format.
     #[arg(long, value_enum, default_value = "hf")]
     format: ModelFormat,
+    /// Skip reloading the fused model to check its logits against base + adapter.
+    #[arg(long)]
+    no_verify: bool,
+}
+
+/// Largest logit difference between base + adapter and the fused model
+/// reloaded from `dir`, on a fixed probe of token ids.
+fn verify_fused(
+    loaded: &crate::common::LoadedModel,
+    adapters: &LoraAdapters,
+    dir: &std::path::Path,
+) -> Result<f32, Failure> {
+    let dir_text = dir
+        .to_str()
+        .ok_or_else(|| Failure::User(anyhow!("{} is not valid UTF-8", dir.display())))?;
+    let reloaded = ft_model::load_model(
+        dir_text,
+        &ft_model::LoadOptions {
+            dequantize: true,
+            ..ft_model::LoadOptions::default()
+        },
+    )
+    .map_err(model_failure)?;
+    let vocab = loaded.model.args.vocab_size as i32;
+    let probe: Vec<i32> = (0..24).map(|i| (i * 7919 + 13) % vocab).collect();
+    let ids = mlx_rs::Array::from_slice(&probe, &[1, probe.len() as i32]);
+    let logits = |model: &ft_model::Model, adapter: &dyn ft_model::LinearAdapter| {
+        model
+            .forward(&ids, adapter, None, ft_model::AttentionScope::Causal)
+            .map_err(model_failure)
+    };
+    let expected = logits(&loaded.model, &adapters.view())?;
+    let got = logits(&reloaded, &ft_model::NoAdapter)?;
+    let diff = expected
+        .subtract(&got)
+        .and_then(|d| d.abs())
+        .and_then(|d| d.max(None))
+        .map_err(|error| Failure::Internal(error.into()))?;
+    diff.eval()
+        .map_err(|error| Failure::Internal(error.into()))?;
+    Ok(diff.as_slice::<f32>().first().copied().unwrap_or(f32::NAN))
 }
 
 /// Runs `ft fuse`.
@@ -64,6 +105,17 @@ pub fn run_fuse(args: &FuseArgs) -> Result<(), Failure> {
         args.model,
         args.out.display()
     );
+    if !args.no_verify {
+        let diff = verify_fused(&loaded, adapters, &args.out)?;
+        // Re-quantizing a quantized base moves weights by up to half a step.
+        let tolerance = if args.dequantize { 1e-3 } else { 0.5 };
+        println!("verified: reloaded fused logits vs base + adapter, max abs diff {diff:.2e}");
+        if diff.is_nan() || diff > tolerance {
+            return Err(Failure::Internal(anyhow!(
+                "the fused model's logits differ from base + adapter by {diff} (tolerance {tolerance})"
+            )));
+        }
+    }
     Ok(())
 }
 

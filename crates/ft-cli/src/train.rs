@@ -77,10 +77,15 @@ impl Callbacks for Progress {
 
     fn on_eval(&mut self, m: &EvalMetrics) -> Control {
         let mark = if m.improved { " (best)" } else { "" };
-        self.bar.println(format!(
+        let line = format!(
             "step {:>5}: validation loss {:.4}, perplexity {:.2}{mark}",
             m.step, m.loss, m.perplexity
-        ));
+        );
+        if self.bar.is_hidden() {
+            println!("{line}");
+        } else {
+            self.bar.println(line);
+        }
         tracing::info!(
             step = m.step,
             val_loss = m.loss,
