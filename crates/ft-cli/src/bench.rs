@@ -27,6 +27,10 @@ pub struct Args {
     /// Untimed runs first.
     #[arg(long, default_value_t = 1)]
     warmup: usize,
+    /// Pick tokens on the host (the sampling path: temperature 1, top-k 1,
+    /// still the argmax) instead of the pipelined greedy path on the device.
+    #[arg(long)]
+    host_sampling: bool,
 }
 
 pub fn run(args: &Args) -> Result<(), Failure> {
@@ -43,10 +47,14 @@ pub fn run(args: &Args) -> Result<(), Failure> {
         ft_model::Error::Mlx(_) => Failure::Internal(error.into()),
         other => Failure::User(other.into()),
     })?;
-    let sampling = SamplingOptions {
+    let mut sampling = SamplingOptions {
         max_tokens: args.max_tokens,
         ..SamplingOptions::default()
     };
+    if args.host_sampling {
+        sampling.temperature = 1.0;
+        sampling.top_k = 1;
+    }
     for run in 0..args.warmup + args.repeats {
         let generation = generate(&model, &NoAdapter, &args.prompt_ids, &sampling, &mut |_| {
             true

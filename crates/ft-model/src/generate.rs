@@ -188,10 +188,11 @@ fn stop_after(
 }
 
 /// Greedy decoding without host copies of the logits: the argmax stays on
-/// the device and feeds the next step directly, and step `n + 1` is queued
-/// (`async_eval`) before token `n` is read back, so building its graph
-/// overlaps the computation of token `n`. When generation stops, the one
-/// queued step is dropped with the cache.
+/// the device and feeds the next step directly. The first token is read as
+/// soon as it exists; after it, step `n + 1` is queued (`async_eval`) before
+/// token `n` is read back, so that on backends that run asynchronously
+/// (Metal, CUDA) building its graph overlaps the computation of token `n`.
+/// When generation stops, the one queued step is dropped with the cache.
 fn greedy_on_device(
     model: &Model,
     adapter: &dyn LinearAdapter,
@@ -202,44 +203,55 @@ fn greedy_on_device(
     timing: Timing,
 ) -> Result<Generation> {
     let pick = |logits: &Array| -> Result<Array> { Ok(ops::indexing::argmax(logits, false)?) };
-    let mut current = pick(&logits)?;
-    mlx_rs::transforms::async_eval([&current])?;
-    let mut tokens = Vec::new();
-    let mut prompt_seconds = None;
-    let mut decode_started = Instant::now();
+    let mut step = |token: &Array| -> Result<Array> {
+        let input = token.reshape(&[1, 1])?;
+        let logits = model.forward(&input, adapter, Some(&mut cache), AttentionScope::Causal)?;
+        let next = pick(&logits)?;
+        mlx_rs::transforms::async_eval([&next])?;
+        Ok(next)
+    };
+    let first = pick(&logits)?;
+    let mut tokens = vec![read_token(&first)?];
+    let prompt_seconds = Some(timing.started.elapsed().as_secs_f64());
+    let decode_started = Instant::now();
+    if let Some(reason) = stop_after(tokens[0], 1, options, on_token) {
+        return Ok(timing.finish(tokens, reason, prompt_seconds, decode_started));
+    }
+    let mut queued = step(&first)?;
     let stop_reason = loop {
-        // Queue the next step on the not yet read token, unless it is the last.
-        let queued = if tokens.len() + 1 < options.max_tokens {
-            let input = current.reshape(&[1, 1])?;
-            let logits =
-                model.forward(&input, adapter, Some(&mut cache), AttentionScope::Causal)?;
-            let next = pick(&logits)?;
-            mlx_rs::transforms::async_eval([&next])?;
-            Some(next)
+        let ahead = if tokens.len() + 1 < options.max_tokens {
+            Some(step(&queued)?)
         } else {
             None
         };
-        let id = current.as_dtype(Dtype::Uint32)?;
-        id.eval()?;
-        let next = id
-            .as_slice::<u32>()
-            .first()
-            .copied()
-            .ok_or_else(|| Error::InvalidRequest("the model produced empty logits".into()))?;
-        if prompt_seconds.is_none() {
-            prompt_seconds = Some(timing.started.elapsed().as_secs_f64());
-            decode_started = Instant::now();
-        }
+        let next = read_token(&queued)?;
         tokens.push(next);
         if let Some(reason) = stop_after(next, tokens.len(), options, on_token) {
             break reason;
         }
-        match queued {
-            Some(next) => current = next,
+        match ahead {
+            Some(ahead) => queued = ahead,
             None => break StopReason::MaxTokens,
         }
     };
     Ok(timing.finish(tokens, stop_reason, prompt_seconds, decode_started))
+}
+
+/// Waits for a scalar uint32 token id on the device and reads it. It reads
+/// the array itself: a new op on it would queue behind work queued since.
+fn read_token(token: &Array) -> Result<u32> {
+    token.eval()?;
+    token
+        .try_as_slice::<u32>()
+        .ok()
+        .and_then(|ids| ids.first().copied())
+        .ok_or_else(|| {
+            Error::InvalidRequest(format!(
+                "argmax gave {:?} of shape {:?}, expected one uint32",
+                token.dtype(),
+                token.shape()
+            ))
+        })
 }
 
 fn ids_array(ids: &[u32]) -> Array {
