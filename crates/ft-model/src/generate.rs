@@ -192,7 +192,7 @@ fn stop_after(
 /// soon as it exists; after it, step `n + 1` is queued (`async_eval`) before
 /// token `n` is read back, so that on backends that run asynchronously
 /// (Metal, CUDA) building its graph overlaps the computation of token `n`.
-/// When generation stops, the one queued step is dropped with the cache.
+/// When generation stops, the one queued step is waited for, then dropped.
 fn greedy_on_device(
     model: &Model,
     adapter: &dyn LinearAdapter,
@@ -227,6 +227,12 @@ fn greedy_on_device(
         let next = read_token(&queued)?;
         tokens.push(next);
         if let Some(reason) = stop_after(next, tokens.len(), options, on_token) {
+            // Wait for the step queued ahead: an evaluation still in flight
+            // when its arrays are dropped (or the process exits) can leave
+            // MLX's CPU scheduler waiting forever.
+            if let Some(ahead) = &ahead {
+                ahead.eval()?;
+            }
             break reason;
         }
         match ahead {
