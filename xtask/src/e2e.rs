@@ -43,6 +43,8 @@ fn scores(root: &Path, adapter: Option<&str>) -> Result<Scores> {
         FORMAT,
         "--show",
         "2",
+        "--max-tokens",
+        "32",
         "--json",
     ]);
     if let Some(adapter) = adapter {
