@@ -89,7 +89,19 @@ pub enum Failure {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(error) => {
+            // Help and version go to stdout with 0; a usage mistake is a
+            // user error (1), not clap's default 2, which means "internal" here.
+            let _ = error.print();
+            return if error.use_stderr() {
+                ExitCode::from(1)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
     let json_log = match &cli.command {
         Command::Train(args) => args.json_log_file(),
         _ => None,
