@@ -8,7 +8,7 @@ struct Print;
 
 impl Callbacks for Print {
     fn on_step(&mut self, m: &StepMetrics) -> Control {
-        if m.step % 10 == 0 {
+        if m.step.is_multiple_of(10) {
             println!(
                 "step {:>3}/{}: loss {:.4}, {:.0} tokens/s",
                 m.step, m.total_steps, m.loss, m.tokens_per_second
