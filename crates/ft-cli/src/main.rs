@@ -9,6 +9,7 @@ mod config_cmd;
 mod convert;
 mod data;
 mod doctor;
+mod estimate;
 mod eval;
 mod fuse;
 mod generate;
@@ -48,6 +49,10 @@ enum Command {
     ///
     /// Example: `ft fuse --adapter runs/quickstart/adapter --out fused --dequantize`
     Fuse(fuse::FuseArgs),
+    /// Predict peak training memory from a configuration, before loading any weight.
+    ///
+    /// Example: `ft estimate-memory --config configs/mistral-7b-instruct-v0.3-m4-24gb.toml`
+    EstimateMemory(estimate::Args),
     /// Rewrite an adapter in mlx-lm or Hugging Face PEFT format.
     ///
     /// Example: `ft export --adapter runs/quickstart/adapter --format peft --out adapter-peft`
@@ -113,6 +118,7 @@ fn main() -> ExitCode {
         Command::Eval(args) => eval::run(&args),
         Command::Fuse(args) => fuse::run_fuse(&args),
         Command::Export(args) => fuse::run_export(&args),
+        Command::EstimateMemory(args) => estimate::run(&args),
         Command::Doctor(args) => doctor::run(&args),
         Command::Inspect(args) => inspect::run(&args),
         Command::Convert(args) => convert::run(&args),

@@ -21,6 +21,7 @@ pub mod checkpoint;
 pub mod data_options;
 pub mod error;
 pub mod loss;
+pub mod memory;
 pub mod metrics;
 pub mod parallel;
 pub mod trainer;
