@@ -44,7 +44,7 @@ fn scores(root: &Path, adapter: Option<&str>) -> Result<Scores> {
         "--show",
         "2",
         "--max-tokens",
-        "32",
+        "24",
         "--json",
     ]);
     if let Some(adapter) = adapter {
