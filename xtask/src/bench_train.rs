@@ -84,7 +84,7 @@ impl TrainSpec {
             iters: 20,
             learning_rate: 2e-4,
             val_batches: 4,
-            mask_prompt: false,
+            mask_prompt: true,
             seed: 0,
         }
     }
@@ -248,6 +248,93 @@ pub fn print_table(rows: &[(&str, &TrainRun)]) {
     }
 }
 
+/// Runs `ft train` on `spec` with the same settings as the mlx-lm run
+/// (constant learning rate, no warmup, validation at the end); its run
+/// directory is `work` (recreated). Tokens per second count the loss
+/// tokens of the steps after the first, as on mlx-lm's side.
+pub fn ft_run(root: &Path, ft: &Path, spec: &TrainSpec, work: &Path) -> Result<TrainRun> {
+    if work.exists() {
+        std::fs::remove_dir_all(work).with_context(|| format!("clearing {}", work.display()))?;
+    }
+    let quoted = |path: &Path| -> Result<String> {
+        Ok(format!(
+            "\"{}\"",
+            reference::path_str(path)?
+                .replace('\\', "\\\\")
+                .replace('"', "\\\"")
+        ))
+    };
+    let sets = [
+        format!("model.path={}", quoted(&spec.model_dir)?),
+        format!("data.train={}", quoted(&spec.data_dir.join("train.jsonl"))?),
+        format!("data.valid={}", quoted(&spec.data_dir.join("valid.jsonl"))?),
+        format!("data.max_seq_len={}", spec.max_seq_length),
+        format!("data.mask_prompt={}", spec.mask_prompt),
+        format!("lora.rank={}", spec.rank),
+        format!("lora.alpha={:?}", spec.alpha),
+        format!("lora.dropout={:?}", spec.dropout),
+        format!("lora.num_layers={}", spec.num_layers),
+        format!("training.steps={}", spec.iters),
+        format!("training.batch_size={}", spec.batch_size),
+        format!("training.seed={}", spec.seed),
+        "training.eval_every=0".to_string(),
+        format!("training.eval_batches={}", spec.val_batches),
+        "training.save_every=0".to_string(),
+        format!("optimizer.learning_rate={:?}", spec.learning_rate),
+        "scheduler.kind=\"constant\"".to_string(),
+        "scheduler.warmup_steps=0".to_string(),
+        format!("checkpoint.output_dir={}", quoted(work)?),
+        "logging.plots=false".to_string(),
+    ];
+    let mut command = std::process::Command::new(ft);
+    command.current_dir(root).args([
+        "train",
+        "--no-progress",
+        "--config",
+        "configs/quickstart.toml",
+    ]);
+    for set in &sets {
+        command.args(["--set", set]);
+    }
+    shell::step("ft train (same settings)");
+    shell::run(&mut command)?;
+    let metrics = std::fs::read_to_string(work.join("metrics.jsonl"))
+        .with_context(|| format!("reading {}/metrics.jsonl", work.display()))?;
+    let (mut losses, mut tokens, mut seconds, mut peak, mut elapsed, mut validation) =
+        (Vec::new(), 0.0, 0.0, 0u64, 0.0f64, None);
+    for line in metrics.lines() {
+        let record: serde_json::Value = serde_json::from_str(line).context("metrics.jsonl")?;
+        let number = |key: &str| record[key].as_f64().unwrap_or(0.0);
+        match record["kind"].as_str() {
+            Some("train") => {
+                let step_seconds = number("elapsed_seconds") - elapsed;
+                elapsed = number("elapsed_seconds");
+                if number("step") > 1.0 {
+                    tokens += number("target_tokens");
+                    seconds += step_seconds;
+                }
+                losses.push(number("loss"));
+                peak = peak.max(number("peak_memory_bytes") as u64);
+            }
+            Some("eval") => validation = Some(number("loss")),
+            _ => {}
+        }
+    }
+    if losses.is_empty() || seconds <= 0.0 {
+        bail!(
+            "{}/metrics.jsonl has no timed training steps",
+            work.display()
+        );
+    }
+    Ok(TrainRun {
+        tokens_per_second: tokens / seconds,
+        peak_memory_bytes: peak,
+        final_loss: final_loss(&losses),
+        steps: losses.len(),
+        validation_loss: validation,
+    })
+}
+
 /// `cargo xtask bench train [--reference-only] [--iters N] [--data DIR]`.
 pub fn run(root: &Path, args: &[String]) -> Result<()> {
     let mut reference_only = false;
@@ -269,12 +356,6 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
                 "unknown option `{other}`: bench train [--reference-only] [--iters N] [--data DIR]"
             ),
         }
-    }
-    if !reference_only {
-        bail!(
-            "our side of `bench train` needs ft-trainer's `ft train`; \
-             run `cargo xtask bench train --reference-only` for the mlx-lm row"
-        );
     }
     setup::run(root, setup::Options::parse(&[])?)?;
     let venv = python::reference_venv(root)?;
@@ -306,7 +387,19 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
         spec.learning_rate,
         spec.iters
     );
-    print_table(&[("mlx-lm 0.32.2", &reference)]);
+    if reference_only {
+        print_table(&[("mlx-lm 0.32.2", &reference)]);
+        return Ok(());
+    }
+    let ours = ft_run(root, &ft, &spec, &root.join("target/bench-train/ft"))?;
+    print_table(&[("mlx-lm 0.32.2", &reference), ("mlx-ft", &ours)]);
+    println!(
+        "\nmlx-ft / mlx-lm: {:.2}x tokens/s (target >= 1.5x), {:.2}x peak memory (target <= 1.0x), \
+         final loss {:+.1}% (target within 10%)",
+        ours.tokens_per_second / reference.tokens_per_second,
+        ours.peak_memory_bytes as f64 / reference.peak_memory_bytes.max(1) as f64,
+        100.0 * (ours.final_loss / reference.final_loss - 1.0)
+    );
     Ok(())
 }
 
