@@ -17,6 +17,16 @@ use std::process::Command;
 
 /// The demo data set (chat format, `train.jsonl` + `valid.jsonl`).
 const DEMO_DATA: &str = "examples/data/demo";
+/// A path as a double-quoted string, valid in YAML and TOML alike.
+fn quoted(path: &Path) -> Result<String> {
+    Ok(format!(
+        "\"{}\"",
+        reference::path_str(path)?
+            .replace('\\', "\\\\")
+            .replace('"', "\\\"")
+    ))
+}
+
 /// Steps averaged into [`TrainRun::final_loss`].
 pub const FINAL_LOSS_STEPS: usize = 10;
 
@@ -92,14 +102,6 @@ impl TrainSpec {
     /// mlx-lm's config YAML for this run (every value is a number, a bool
     /// or a path, written as a quoted YAML string).
     fn mlx_lm_yaml(&self, adapter_path: &Path) -> Result<String> {
-        let quoted = |path: &Path| -> Result<String> {
-            Ok(format!(
-                "\"{}\"",
-                reference::path_str(path)?
-                    .replace('\\', "\\\\")
-                    .replace('"', "\\\"")
-            ))
-        };
         Ok(format!(
             "model: {model}\n\
              train: true\n\
@@ -256,14 +258,6 @@ pub fn ft_run(root: &Path, ft: &Path, spec: &TrainSpec, work: &Path) -> Result<T
     if work.exists() {
         std::fs::remove_dir_all(work).with_context(|| format!("clearing {}", work.display()))?;
     }
-    let quoted = |path: &Path| -> Result<String> {
-        Ok(format!(
-            "\"{}\"",
-            reference::path_str(path)?
-                .replace('\\', "\\\\")
-                .replace('"', "\\\"")
-        ))
-    };
     let sets = [
         format!("model.path={}", quoted(&spec.model_dir)?),
         format!("data.train={}", quoted(&spec.data_dir.join("train.jsonl"))?),

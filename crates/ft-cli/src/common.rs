@@ -9,6 +9,28 @@ use ft_model::{LoadOptions, Model};
 use ft_trainer::TrainError;
 use std::path::{Path, PathBuf};
 
+/// `--model` and `--adapter`, shared by the inference commands.
+#[derive(Debug, clap::Args)]
+pub struct ModelChoice {
+    /// A model directory, a .gguf file or a built-in name.
+    #[arg(long, default_value = ft_config::DEFAULT_MODEL)]
+    pub model: String,
+    /// An adapter directory (mlx-lm or PEFT format), e.g. runs/quickstart/adapter.
+    #[arg(long)]
+    pub adapter: Option<PathBuf>,
+}
+
+/// `--config` and `--set`, shared by the commands that read a run's configuration.
+#[derive(Debug, clap::Args)]
+pub struct ConfigChoice {
+    /// The run's configuration file (TOML or YAML).
+    #[arg(short, long)]
+    pub config: PathBuf,
+    /// Override a setting: `--set training.steps=200` (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub sets: Vec<String>,
+}
+
 /// Loads `config_path` with environment (`FT_SECTION__KEY`) and `--set` overrides.
 pub fn load_config(config_path: &Path, sets: &[String]) -> Result<ft_config::Config, Failure> {
     ft_config::ConfigLoader::new()

@@ -9,12 +9,8 @@ use std::path::PathBuf;
 /// Arguments of `ft estimate-memory`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// The run's configuration file.
-    #[arg(short, long)]
-    config: PathBuf,
-    /// Override a setting: `--set training.batch_size=8` (repeatable).
-    #[arg(long = "set", value_name = "KEY=VALUE")]
-    sets: Vec<String>,
+    #[command(flatten)]
+    run: crate::common::ConfigChoice,
     /// Sequence length to assume instead of the training data's longest
     /// example (or `data.max_seq_len` when there is no data file).
     #[arg(long)]
@@ -30,7 +26,7 @@ pub struct Args {
 
 /// Runs `ft estimate-memory`.
 pub fn run(args: &Args) -> Result<(), Failure> {
-    let config = load_config(&args.config, &args.sets)?;
+    let config = load_config(&args.run.config, &args.run.sets)?;
     let shapes = match &args.model_config {
         Some(path) => ModelShapes::from_args(
             &ft_model::ModelArgs::from_config_file(path).map_err(crate::common::model_failure)?,

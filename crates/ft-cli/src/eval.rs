@@ -4,18 +4,14 @@
 use crate::common::{data_failure, load_for_inference, model_failure, stop_ids, train_failure};
 use crate::Failure;
 use ft_data::{ChatFormatter, Dataset, Example, Message, Role, TemplateChoice};
-use ft_model::{generate, LinearAdapter, NoAdapter, SamplingOptions};
+use ft_model::{generate_batch, LinearAdapter, NoAdapter};
 use std::path::PathBuf;
 
 /// Arguments of `ft eval`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// A model directory, a .gguf file or a built-in name.
-    #[arg(long, default_value = ft_config::DEFAULT_MODEL)]
-    model: String,
-    /// An adapter directory (mlx-lm or PEFT format).
-    #[arg(long)]
-    adapter: Option<PathBuf>,
+    #[command(flatten)]
+    choice: crate::common::ModelChoice,
     /// A JSONL dataset (chat, prompt/completion, text or preference records).
     #[arg(long)]
     data: PathBuf,
@@ -49,6 +45,9 @@ pub struct Args {
     #[arg(long)]
     json: bool,
 }
+
+/// Prompts generated for together by `--generate`.
+const GENERATION_BATCH: usize = 16;
 
 /// The task metric: replies generated for held-out prompts against their references.
 #[derive(Debug, serde::Serialize)]
@@ -100,11 +99,6 @@ fn score_generation(
     let formatter =
         ChatFormatter::new(&TemplateChoice::Auto, &loaded.tokenizer).map_err(data_failure)?;
     let stops = stop_ids(&loaded.model, &loaded.tokenizer);
-    let options = SamplingOptions {
-        max_tokens: args.max_tokens,
-        stop_ids: stops.clone(),
-        ..SamplingOptions::default()
-    };
     let pairs: Vec<(Vec<Message>, String)> = parsed
         .examples
         .iter()
@@ -119,36 +113,39 @@ fn score_generation(
     }
     let (mut exact, mut formatted) = (0usize, 0usize);
     let mut samples = Vec::new();
-    for (messages, reference) in &pairs {
-        let prompt = formatter
-            .encode_prompt(&loaded.tokenizer, messages)
-            .map_err(data_failure)?;
-        let generation = generate(&loaded.model, adapter, &prompt, &options, &mut |_| true)
-            .map_err(model_failure)?;
-        let ids: Vec<u32> = generation
-            .tokens
+    // Batched: decoding reads every weight once per step whatever the batch.
+    for chunk in pairs.chunks(GENERATION_BATCH) {
+        let prompts = chunk
             .iter()
-            .copied()
-            .filter(|id| !stops.contains(id))
-            .collect();
-        let reply = loaded.tokenizer.decode(&ids, true).map_err(data_failure)?;
-        let reply = reply.trim().to_string();
-        exact += usize::from(reply == reference.trim());
-        if let Some(re) = &format_regex {
-            formatted += usize::from(re.is_match(&reply));
-        }
-        if samples.len() < args.show {
-            let prompt = messages
-                .iter()
-                .rev()
-                .find(|m| m.role == Role::User)
-                .map(|m| m.content.clone())
-                .unwrap_or_default();
-            samples.push(Sample {
-                prompt,
-                reference: reference.clone(),
-                reply,
-            });
+            .map(|(messages, _)| formatter.encode_prompt(&loaded.tokenizer, messages))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(data_failure)?;
+        let replies = generate_batch(&loaded.model, adapter, &prompts, args.max_tokens, &stops)
+            .map_err(model_failure)?;
+        for ((messages, reference), reply_ids) in chunk.iter().zip(replies) {
+            let ids: Vec<u32> = reply_ids
+                .into_iter()
+                .filter(|id| !stops.contains(id))
+                .collect();
+            let reply = loaded.tokenizer.decode(&ids, true).map_err(data_failure)?;
+            let reply = reply.trim().to_string();
+            exact += usize::from(reply == reference.trim());
+            if let Some(re) = &format_regex {
+                formatted += usize::from(re.is_match(&reply));
+            }
+            if samples.len() < args.show {
+                let prompt = messages
+                    .iter()
+                    .rev()
+                    .find(|m| m.role == Role::User)
+                    .map(|m| m.content.clone())
+                    .unwrap_or_default();
+                samples.push(Sample {
+                    prompt,
+                    reference: reference.clone(),
+                    reply,
+                });
+            }
         }
     }
     let count = pairs.len();
@@ -162,7 +159,7 @@ fn score_generation(
 
 /// Runs `ft eval`.
 pub fn run(args: &Args) -> Result<(), Failure> {
-    let loaded = load_for_inference(&args.model, args.adapter.as_ref())?;
+    let loaded = load_for_inference(&args.choice.model, args.choice.adapter.as_ref())?;
     let data_config = ft_config::DataConfig {
         max_seq_len: args.max_seq_len,
         mask_prompt: !args.train_on_all,
@@ -191,8 +188,8 @@ pub fn run(args: &Args) -> Result<(), Failure> {
     };
     if args.json {
         let object = serde_json::json!({
-            "model": args.model,
-            "adapter": args.adapter,
+            "model": args.choice.model,
+            "adapter": args.choice.adapter,
             "data": args.data,
             "examples": dataset.examples.len(),
             "loss": result.loss,

@@ -6,18 +6,13 @@ use anyhow::anyhow;
 use ft_data::{ChatFormatter, Message, Role, TemplateChoice};
 use ft_model::{generate, LinearAdapter, NoAdapter, SamplingOptions};
 use std::io::{BufRead, Write};
-use std::path::PathBuf;
 
 /// Arguments of `ft generate`.
 #[derive(Debug, clap::Args)]
 #[command(group(clap::ArgGroup::new("input").required(true).args(["prompt", "chat"])))]
 pub struct Args {
-    /// A model directory, a .gguf file or a built-in name.
-    #[arg(long, default_value = ft_config::DEFAULT_MODEL)]
-    model: String,
-    /// An adapter directory (mlx-lm or PEFT format), e.g. runs/quickstart/adapter.
-    #[arg(long)]
-    adapter: Option<PathBuf>,
+    #[command(flatten)]
+    choice: crate::common::ModelChoice,
     /// One prompt; it is wrapped in the model's chat template unless --raw.
     #[arg(long)]
     prompt: Option<String>,
@@ -67,7 +62,7 @@ pub fn run(args: &Args) -> Result<(), Failure> {
             args.temp
         )));
     }
-    let loaded = load_for_inference(&args.model, args.adapter.as_ref())?;
+    let loaded = load_for_inference(&args.choice.model, args.choice.adapter.as_ref())?;
     let formatter =
         ChatFormatter::new(&TemplateChoice::Auto, &loaded.tokenizer).map_err(data_failure)?;
     let mut history: Vec<Message> = args

@@ -13,12 +13,8 @@ use std::time::Instant;
 /// Arguments of `ft train`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// The run's configuration file (TOML or YAML).
-    #[arg(short, long)]
-    config: PathBuf,
-    /// Override a setting: `--set training.steps=200` (repeatable).
-    #[arg(long = "set", value_name = "KEY=VALUE")]
-    sets: Vec<String>,
+    #[command(flatten)]
+    run: crate::common::ConfigChoice,
     /// Continue from a checkpoint directory, or from the newest checkpoint of a run directory.
     #[arg(long)]
     resume: Option<PathBuf>,
@@ -30,7 +26,7 @@ pub struct Args {
 impl Args {
     /// The JSON log file the configuration asks for, if the configuration loads.
     pub fn json_log_file(&self) -> Option<PathBuf> {
-        load_config(&self.config, &self.sets)
+        load_config(&self.run.config, &self.run.sets)
             .ok()
             .and_then(|config| config.logging.json_file)
     }
@@ -103,11 +99,11 @@ impl Callbacks for Progress {
 
 /// Runs `ft train`.
 pub fn run(args: &Args) -> Result<(), Failure> {
-    let mut sets = args.sets.clone();
+    let mut sets = args.run.sets.clone();
     if let Some(resume) = &args.resume {
         sets.push(format!("checkpoint.resume={}", toml_string(resume)?));
     }
-    let config = load_config(&args.config, &sets)?;
+    let config = load_config(&args.run.config, &sets)?;
     let started = Instant::now();
     eprintln!("loading {} and the data...", config.model.path);
     let mut trainer = Trainer::new(config).map_err(train_failure)?;
@@ -224,7 +220,7 @@ pub fn run(args: &Args) -> Result<(), Failure> {
     if summary.stop == StopCause::Interrupted {
         println!(
             "resume with: ft train --config {} --resume {}",
-            args.config.display(),
+            args.run.config.display(),
             info.run_dir.display()
         );
     }

@@ -4,23 +4,10 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod common;
 
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn ft(args: &[&str]) -> Output {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_ft"));
-    command.args(args).current_dir(root()).env("NO_COLOR", "1");
-    for (key, _) in std::env::vars() {
-        if key.starts_with("FT_") && key != "FT_MODELS_DIR" {
-            command.env_remove(key);
-        }
-    }
-    command.output().expect("run ft")
-}
+use common::ft;
+use std::path::Path;
 
 /// Runs `ft`, expects exit code 1 and every `needle` in stderr.
 fn fails_with(args: &[&str], needles: &[&str]) {

@@ -6,22 +6,13 @@
 
 use ft_data::TextTokenizer;
 use ft_model::{load_model, AttentionScope, LoadOptions, NoAdapter};
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::path::PathBuf;
+
+mod common;
+
+use common::ft;
 
 const MODEL: &str = "smollm2-135m-instruct";
-
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn ft(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_ft"))
-        .args(args)
-        .current_dir(root())
-        .output()
-        .expect("run ft")
-}
 
 fn default_gguf() -> Option<PathBuf> {
     let path = ft_model::load::models_dir().join("SmolLM2-135M-Instruct.Q4_1.gguf");

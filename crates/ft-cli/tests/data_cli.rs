@@ -3,32 +3,18 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
+use common::{ft, root};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use serde_json::Value;
 
-/// The workspace root.
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
 fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures")
         .join(name)
-}
-
-/// Runs `ft` in the workspace root with no `FT_*` settings from the caller.
-fn ft(args: &[&str]) -> Output {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_ft"));
-    command.args(args).current_dir(root()).env("NO_COLOR", "1");
-    for (key, _) in std::env::vars() {
-        if key.starts_with("FT_") && key != "FT_MODELS_DIR" {
-            command.env_remove(key);
-        }
-    }
-    command.output().expect("run ft")
 }
 
 fn stdout(output: &Output) -> String {

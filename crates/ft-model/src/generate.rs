@@ -145,6 +145,80 @@ pub fn generate(
     Ok(timing.finish(tokens, stop_reason, prompt_seconds, decode_started))
 }
 
+/// Greedy replies to several prompts at once. Decoding one token reads all
+/// the weights whatever the batch, so a batch of prompts costs about what
+/// one does. Prompts are left-padded to the longest; padding is kept out of
+/// attention with segment ids (RoPE is relative, so a row's shifted
+/// positions do not change its scores). Each reply stops at its first stop
+/// id (included) or after `max_tokens`.
+pub fn generate_batch(
+    model: &Model,
+    adapter: &dyn LinearAdapter,
+    prompts: &[Vec<u32>],
+    max_tokens: usize,
+    stop_ids: &[u32],
+) -> Result<Vec<Vec<u32>>> {
+    if prompts.is_empty() {
+        return Ok(Vec::new());
+    }
+    let vocab = model.args.vocab_size;
+    if let Some(bad) = prompts.iter().flatten().find(|&&id| id as usize >= vocab) {
+        return Err(Error::InvalidRequest(format!(
+            "token id {bad} is outside the vocabulary (size {vocab})"
+        )));
+    }
+    let rows = prompts.len();
+    let width = prompts.iter().map(Vec::len).max().unwrap_or(0);
+    if width == 0 {
+        return Err(Error::InvalidRequest("a prompt has no tokens".into()));
+    }
+    let mut ids = Vec::with_capacity(rows * width);
+    let mut segments = Vec::with_capacity(rows * width);
+    for prompt in prompts {
+        let pad = width - prompt.len();
+        ids.extend(std::iter::repeat_n(0i32, pad).chain(prompt.iter().map(|&id| id as i32)));
+        segments.extend(std::iter::repeat_n(0i32, pad).chain(std::iter::repeat_n(1, prompt.len())));
+    }
+    let shape = [rows as i32, width as i32];
+    let mut segment_ids = Array::from_slice(&segments, &shape);
+    let mut cache = KvCache::new(model.args.num_layers);
+    let hidden = model.hidden_states(
+        &Array::from_slice(&ids, &shape),
+        adapter,
+        Some(&mut cache),
+        AttentionScope::Segments(&segment_ids),
+    )?;
+    let last = hidden.take_axis(Array::from_int(width as i32 - 1), 1)?;
+    let mut logits = model.logits(&last)?;
+    let mut replies: Vec<Vec<u32>> = vec![Vec::new(); rows];
+    let mut done = vec![false; rows];
+    let ones = Array::from_slice(&vec![1i32; rows], &[rows as i32, 1]);
+    for _ in 0..max_tokens {
+        let next = ops::indexing::argmax_axis(&logits, -1, false)?.as_dtype(Dtype::Uint32)?;
+        next.eval()?;
+        let picked = next.as_slice::<u32>().to_vec();
+        for (row, &id) in picked.iter().enumerate() {
+            if !done[row] {
+                replies[row].push(id);
+                done[row] = stop_ids.contains(&id);
+            }
+        }
+        if done.iter().all(|&d| d) || replies.iter().all(|r| r.len() >= max_tokens) {
+            break;
+        }
+        segment_ids = ops::concatenate(&[segment_ids, ones.clone()], 1)?;
+        let input = next.as_dtype(Dtype::Int32)?.reshape(&[rows as i32, 1])?;
+        let out = model.forward(
+            &input,
+            adapter,
+            Some(&mut cache),
+            AttentionScope::Segments(&segment_ids),
+        )?;
+        logits = out.reshape(&[rows as i32, -1])?;
+    }
+    Ok(replies)
+}
+
 /// When generation started and how long the prompt was.
 struct Timing {
     started: Instant,
@@ -359,6 +433,31 @@ fn argmax(values: &[f32]) -> u32 {
 mod tests {
     use super::*;
     use crate::NoAdapter;
+
+    #[test]
+    fn batched_greedy_replies_equal_one_at_a_time() {
+        let model = crate::tiny::tiny_model(3, &crate::LoadOptions::default()).expect("model");
+        let prompts = vec![
+            vec![1u32, 450, 7, 9],
+            vec![1, 12],
+            vec![1, 3000, 4, 5, 6, 8, 31000],
+        ];
+        let batched = generate_batch(&model, &NoAdapter, &prompts, 6, &[]).expect("batch");
+        for (prompt, reply) in prompts.iter().zip(&batched) {
+            let single = generate(
+                &model,
+                &NoAdapter,
+                prompt,
+                &SamplingOptions {
+                    max_tokens: 6,
+                    ..SamplingOptions::default()
+                },
+                &mut |_| true,
+            )
+            .expect("single");
+            assert_eq!(reply, &single.tokens, "prompt {prompt:?}");
+        }
+    }
 
     fn options(temperature: f32) -> SamplingOptions {
         SamplingOptions {

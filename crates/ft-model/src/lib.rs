@@ -22,7 +22,7 @@ pub mod tiny;
 pub use config::ModelArgs;
 pub use error::{Error, Result};
 pub use export::{save_hf_dir, ExportOptions};
-pub use generate::{generate, Generation, SamplingOptions, StopReason};
+pub use generate::{generate, generate_batch, Generation, SamplingOptions, StopReason};
 pub use layers::{Linear, Weight};
 pub use load::{load_model, LoadOptions, ModelSource};
 pub use model::{AttentionScope, KvCache, LinearAdapter, Model, NoAdapter, Projection};
