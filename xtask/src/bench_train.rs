@@ -268,6 +268,8 @@ pub fn ft_run(root: &Path, ft: &Path, spec: &TrainSpec, work: &Path) -> Result<T
         format!("lora.alpha={:?}", spec.alpha),
         format!("lora.dropout={:?}", spec.dropout),
         format!("lora.num_layers={}", spec.num_layers),
+        // mlx-lm adapts every linear layer of an adapted block by default.
+        "lora.target_modules=\"all-linear\"".to_string(),
         format!("training.steps={}", spec.iters),
         format!("training.batch_size={}", spec.batch_size),
         format!("training.seed={}", spec.seed),
