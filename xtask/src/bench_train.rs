@@ -108,7 +108,7 @@ impl TrainSpec {
              data: {data}\n\
              fine_tune_type: lora\n\
              optimizer: adamw\n\
-             optimizer_config:\n  adamw:\n    weight_decay: 0.0\n\
+             optimizer_config:\n  adamw:\n    weight_decay: 0.0\n    bias_correction: true\n\
              seed: {seed}\n\
              num_layers: {layers}\n\
              batch_size: {batch}\n\
