@@ -159,6 +159,13 @@ fn score_generation(
 
 /// Runs `ft eval`.
 pub fn run(args: &Args) -> Result<(), Failure> {
+    // Before the model is loaded: a missing file is a quick, clear error.
+    if !args.data.is_file() {
+        return Err(Failure::User(anyhow::anyhow!(
+            "{}: no such data file (a JSONL dataset is expected)",
+            args.data.display()
+        )));
+    }
     let loaded = load_for_inference(&args.choice.model, args.choice.adapter.as_ref())?;
     let data_config = ft_config::DataConfig {
         max_seq_len: args.max_seq_len,

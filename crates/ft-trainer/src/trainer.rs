@@ -141,8 +141,12 @@ impl Trainer {
         config
             .validate()
             .map_err(|errors| TrainError::Config(errors.to_string()))?;
+        // Cheap checks first: the checkpoint to resume from, then the data,
+        // before the (possibly large) model is loaded.
+        if let Some(resume) = &config.checkpoint.resume {
+            checkpoint::resolve(resume)?;
+        }
         let tokenizer = model_tokenizer(&config.model.path)?;
-        // The data is checked before the (possibly large) model is loaded.
         let (train_set, valid_set) = load_datasets(&config, &tokenizer)?;
         let model = ft_model::load_model(&config.model.path, &load_options(&config.model))?;
         Self::from_parts(config, model, tokenizer, train_set, valid_set)
