@@ -43,10 +43,7 @@ pub fn run(args: &Args) -> Result<(), Failure> {
         dequantize: args.dequantize,
         ..LoadOptions::default()
     };
-    let model = load_model(&args.model, &options).map_err(|error| match error {
-        ft_model::Error::Mlx(_) => Failure::Internal(error.into()),
-        other => Failure::User(other.into()),
-    })?;
+    let model = load_model(&args.model, &options).map_err(crate::common::model_failure)?;
     let mut sampling = SamplingOptions {
         max_tokens: args.max_tokens,
         ..SamplingOptions::default()

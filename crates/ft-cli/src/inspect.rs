@@ -27,39 +27,21 @@ pub fn run(args: &Args) -> Result<(), Failure> {
         dequantize: args.dequantize,
         ..LoadOptions::default()
     };
-    let model = load_model(&args.model, &options).map_err(|error| match error {
-        ft_model::Error::Mlx(_) => Failure::Internal(error.into()),
-        other => Failure::User(other.into()),
-    })?;
+    let model = load_model(&args.model, &options).map_err(crate::common::model_failure)?;
     let load_seconds = started.elapsed().as_secs_f64();
-    let mut parameters = 0_u64;
-    let mut bytes = 0_u64;
-    let mut quantized_bits = std::collections::BTreeSet::new();
-    for (_, array) in model.named_weights() {
-        bytes += array.nbytes() as u64;
-    }
-    let mut count = |weight: &Weight| {
-        let rows = weight.out_features() as u64;
-        let columns = match weight {
-            Weight::Dense(w) => w.shape()[1] as u64,
-            Weight::Quantized { weight, bits, .. } => {
-                quantized_bits.insert(*bits);
-                weight.shape()[1] as u64 * 32 / *bits as u64
-            }
-        };
-        parameters += rows * columns;
-    };
-    count(&model.embed_tokens);
-    for layer in &model.layers {
-        for projection in ft_model::Projection::ALL {
-            count(&layer.projection(projection).weight);
-        }
-    }
-    if let Some(head) = &model.lm_head {
-        count(&head.weight);
-    }
-    let norms = (model.layers.len() * 2 + 1) * model.args.hidden_size;
-    parameters += norms as u64;
+    let parameters = model.parameters();
+    let bytes: u64 = model
+        .named_weights()
+        .iter()
+        .map(|(_, array)| array.nbytes() as u64)
+        .sum();
+    let quantized_bits: std::collections::BTreeSet<i32> = model
+        .weights()
+        .filter_map(|weight| match weight {
+            Weight::Quantized { bits, .. } => Some(*bits),
+            Weight::Dense(_) => None,
+        })
+        .collect();
 
     // A forward pass over a few ids: the weights must give finite logits.
     let ids = Array::from_slice(&[1_i32, 2, 3, 4, 5, 6, 7, 8], &[1, 8]);

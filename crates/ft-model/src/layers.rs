@@ -129,6 +129,17 @@ impl Weight {
         }
     }
 
+    /// Number of values the matrix holds (`out * in`; a quantized weight
+    /// counts its unpacked values).
+    pub fn parameters(&self) -> u64 {
+        let rows = self.out_features() as u64;
+        let columns = match self {
+            Self::Dense(weight) => weight.shape()[1] as u64,
+            Self::Quantized { weight, bits, .. } => weight.shape()[1] as u64 * 32 / *bits as u64,
+        };
+        rows * columns
+    }
+
     /// The arrays that make up this weight, with their key suffixes.
     pub fn named_parts(&self) -> Vec<(&'static str, &Array)> {
         match self {

@@ -443,6 +443,25 @@ impl Model {
         self.norm.dtype()
     }
 
+    /// Every weight matrix: the embedding, each layer's projections, the
+    /// output head when it is not tied.
+    pub fn weights(&self) -> impl Iterator<Item = &Weight> {
+        std::iter::once(&self.embed_tokens)
+            .chain(self.layers.iter().flat_map(|layer| {
+                Projection::ALL
+                    .into_iter()
+                    .map(move |projection| &layer.projection(projection).weight)
+            }))
+            .chain(self.lm_head.iter().map(|head| &head.weight))
+    }
+
+    /// Number of parameters: every matrix's values (quantized ones
+    /// unpacked) plus the RMSNorm weights.
+    pub fn parameters(&self) -> u64 {
+        let norms = (self.layers.len() * 2 + 1) * self.args.hidden_size;
+        self.weights().map(Weight::parameters).sum::<u64>() + norms as u64
+    }
+
     /// Every weight array with its checkpoint key (`.weight`, `.scales`, `.biases`).
     pub fn named_weights(&self) -> Vec<(String, Array)> {
         let mut named = Vec::new();

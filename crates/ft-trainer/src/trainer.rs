@@ -265,20 +265,7 @@ impl Trainer {
 
     /// What the run will do.
     pub fn info(&self) -> RunInfo {
-        let base_parameters = self
-            .model
-            .named_weights()
-            .iter()
-            .filter(|(name, _)| !name.ends_with(".scales") && !name.ends_with(".biases"))
-            .map(|(name, array)| {
-                let elements = array.size() as u64;
-                // Packed quantized weights hold 32 / bits values per element.
-                match self.packing_factor(name) {
-                    Some(factor) => elements * factor,
-                    None => elements,
-                }
-            })
-            .sum();
+        let base_parameters = self.model.parameters();
         RunInfo {
             model: self.config.model.path.clone(),
             model_layers: self.model.args.num_layers,
@@ -291,24 +278,6 @@ impl Trainer {
             start_step: self.state.step,
             run_dir: self.run_dir.clone(),
         }
-    }
-
-    fn packing_factor(&self, name: &str) -> Option<u64> {
-        let prefix = name.strip_suffix(".weight")?;
-        let weights = self.model.named_weights();
-        let has_scales = weights
-            .iter()
-            .any(|(n, _)| n == &format!("{prefix}.scales"));
-        if !has_scales {
-            return None;
-        }
-        let bits = self.model.layers.first().and_then(|layer| {
-            match &layer.projection(ft_model::Projection::Q).weight {
-                ft_model::Weight::Quantized { bits, .. } => Some(*bits as u64),
-                ft_model::Weight::Dense(_) => None,
-            }
-        })?;
-        Some(32 / bits.max(1))
     }
 
     /// The model (frozen base weights).
