@@ -243,8 +243,20 @@ impl LoraAdapters {
 }
 
 /// `sqrt(sum(w^2))` over the input axis: one value per output feature.
-pub(crate) fn row_norms(weight: &Array) -> Result<Array> {
-    Ok(weight.square()?.sum_axis(1, false)?.sqrt()?)
+pub(crate) fn row_norms(weight: &Array) -> mlx_rs::error::Result<Array> {
+    weight.square()?.sum_axis(1, false)?.sqrt()
+}
+
+/// The adapted weight `W + scale·(AB)^T` of a frozen projection, float32
+/// `(out, in)`: what DoRA normalises and what fusing writes.
+pub(crate) fn merged_weight(
+    frozen: &ft_model::Weight,
+    a: &Array,
+    b: &Array,
+    scale: &Array,
+) -> ft_model::Result<Array> {
+    let weight = frozen.dense(Dtype::Float32)?;
+    Ok(weight.add(&a.matmul(b)?.t().multiply(scale)?)?)
 }
 
 /// Adapters applied with a given set of arrays.
@@ -256,16 +268,16 @@ pub struct LoraView<'a> {
 }
 
 impl LoraView<'_> {
-    fn dropout(&self, input: &Array, slot_index: usize) -> Result<Array> {
+    fn dropout(&self, input: &Array, slot_index: usize) -> mlx_rs::error::Result<Array> {
         let p = self.layout.spec.dropout;
         match self.dropout_seed {
             Some(seed) if p > 0.0 => {
-                let key = random::key(mix(seed, slot_index as u64))?;
+                let key = random::key(mix_seed(seed, slot_index as u64))?;
                 let keep = Array::from_f32((1.0 - p) as f32);
                 let mask = random::bernoulli(&keep, input.shape(), &key)?;
-                Ok(input
+                input
                     .multiply(&mask.as_dtype(input.dtype())?)?
-                    .divide(&keep.as_dtype(input.dtype())?)?)
+                    .divide(&keep.as_dtype(input.dtype())?)
             }
             _ => Ok(input.clone()),
         }
@@ -287,7 +299,7 @@ impl LinearAdapter for LoraView<'_> {
         let slot = &self.layout.slots[slot_index];
         let (a, b) = (&self.params[slot.first], &self.params[slot.first + 1]);
         let scale = Array::from_f32(self.layout.spec.scale() as f32);
-        let x = self.dropout(input, slot_index).map_err(to_model_error)?;
+        let x = self.dropout(input, slot_index)?;
         let update = x.matmul(a)?.matmul(b)?.multiply(&scale)?;
         let out_dtype = base_output.dtype();
         let output = base_output.add(&update.as_dtype(out_dtype)?)?;
@@ -297,24 +309,16 @@ impl LinearAdapter for LoraView<'_> {
         // DoRA: rescale rows by m / ||W + s·(AB)^T||, the norm held constant
         // in the backward pass as the DoRA paper recommends.
         let magnitude = &self.params[slot.first + 2];
-        let weight = frozen.weight.dense(Dtype::Float32)?;
-        let adapted = weight.add(&a.matmul(b)?.t().multiply(&scale)?)?;
-        let norms = mlx_rs::stop_gradient(&row_norms(&adapted).map_err(to_model_error)?)?;
+        let adapted = merged_weight(&frozen.weight, a, b, &scale)?;
+        let norms = mlx_rs::stop_gradient(&row_norms(&adapted)?)?;
         let factor = magnitude.divide(&norms)?.as_dtype(out_dtype)?;
         Ok(output.multiply(&factor)?)
     }
 }
 
-fn to_model_error(error: LoraError) -> ft_model::Error {
-    match error {
-        LoraError::Mlx(e) => ft_model::Error::Mlx(e),
-        LoraError::Model(e) => e,
-        other => ft_model::Error::InvalidRequest(other.to_string()),
-    }
-}
-
-/// splitmix64 of `seed` and `salt`: independent dropout streams per slot.
-fn mix(seed: u64, salt: u64) -> u64 {
+/// splitmix64 of `seed` and `salt`: independent, reproducible dropout
+/// streams (per slot here; per step and micro-batch in the trainer).
+pub fn mix_seed(seed: u64, salt: u64) -> u64 {
     let mut z = seed ^ salt.wrapping_mul(0x9E37_79B9_7F4A_7C15);
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);

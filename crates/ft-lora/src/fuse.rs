@@ -1,9 +1,9 @@
 //! Fusing: folding adapters into the base weights.
 
-use crate::adapter::{row_norms, LoraAdapters};
+use crate::adapter::{merged_weight, row_norms, LoraAdapters};
 use crate::Result;
 use ft_model::{Model, Weight};
-use mlx_rs::{Array, Dtype};
+use mlx_rs::Array;
 
 /// The model with every adapter merged into its projection:
 /// `W + s·(AB)^T` (DoRA: rescaled to the learned row norms). Quantized
@@ -21,8 +21,7 @@ pub fn fuse(model: &Model, adapters: &LoraAdapters, keep_quantized: bool) -> Res
             &adapters.params[slot.first + 1],
         );
         let linear = fused.layers[slot.layer].projection_mut(slot.projection);
-        let base = linear.weight.dense(Dtype::Float32)?;
-        let mut merged = base.add(&a.matmul(b)?.t().multiply(&scale)?)?;
+        let mut merged = merged_weight(&linear.weight, a, b, &scale)?;
         if layout.spec.dora {
             let magnitude = &adapters.params[slot.first + 2];
             let factor = magnitude.divide(&row_norms(&merged)?)?;

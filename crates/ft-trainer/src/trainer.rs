@@ -11,7 +11,7 @@ use ft_config::{
     Config, NonFinitePolicy, OptimizerName, Quantization, SchedulerKind, TrainingLength,
 };
 use ft_data::{BatchOptions, Dataset, TextTokenizer};
-use ft_lora::{AdapterFormat, LoraAdapters, LoraLayout, LoraSpec};
+use ft_lora::{mix_seed, AdapterFormat, LoraAdapters, LoraLayout, LoraSpec};
 use ft_model::{LinearAdapter, LoadOptions, Model, ModelSource};
 use ft_optim::{
     clip_by_global_norm, AdamW, GradAccumulator, Optimizer, Schedule, ScheduleShape, Sgd,
@@ -786,6 +786,9 @@ fn build_optimizer(config: &Config) -> Optimizer {
     }
 }
 
+/// Keeps the validation split's shuffle apart from other seeded streams.
+const VALID_SPLIT_SALT: u64 = 0x5eed;
+
 /// Moves a seeded random `fraction` of the training examples into a
 /// validation set.
 fn split_off(train: &mut Dataset, fraction: f64, seed: u64) -> Dataset {
@@ -794,7 +797,7 @@ fn split_off(train: &mut Dataset, fraction: f64, seed: u64) -> Dataset {
         .round()
         .clamp(1.0, (count.max(2) - 1) as f64) as usize;
     let mut keyed: Vec<(u64, usize)> = (0..count)
-        .map(|i| (dropout_seed(seed, i as u64, 0x5eed), i))
+        .map(|i| (mix_seed(mix_seed(seed, VALID_SPLIT_SALT), i as u64), i))
         .collect();
     keyed.sort_unstable();
     let mut chosen: Vec<usize> = keyed.iter().take(held_out).map(|&(_, i)| i).collect();
@@ -816,10 +819,7 @@ fn split_off(train: &mut Dataset, fraction: f64, seed: u64) -> Dataset {
 /// A seed for the dropout masks of one micro-batch: a pure function of the
 /// run seed and the position in the run, so a resumed run draws the same masks.
 fn dropout_seed(seed: u64, step: u64, micro: u32) -> u64 {
-    let mut z = seed ^ step.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (u64::from(micro) << 48);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
+    mix_seed(mix_seed(seed, step), u64::from(micro))
 }
 
 /// The run directory's final adapter.
