@@ -35,7 +35,6 @@ impl Args {
 struct Progress {
     bar: ProgressBar,
     interrupted: Arc<AtomicBool>,
-    last_eval: Option<EvalMetrics>,
 }
 
 impl Callbacks for Progress {
@@ -88,7 +87,6 @@ impl Callbacks for Progress {
             perplexity = m.perplexity,
             "eval"
         );
-        self.last_eval = Some(m.clone());
         Control::Continue
     }
 
@@ -169,11 +167,7 @@ pub fn run(args: &Args) -> Result<(), Failure> {
         .map_err(|error| Failure::Internal(error.into()))?,
     );
     bar.set_position(info.start_step);
-    let mut progress = Progress {
-        bar,
-        interrupted,
-        last_eval: None,
-    };
+    let mut progress = Progress { bar, interrupted };
     let outcome = trainer.train(&mut progress);
     progress.bar.finish_and_clear();
     let metrics_path = info.run_dir.join(&config.logging.metrics_file);

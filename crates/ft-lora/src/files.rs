@@ -8,7 +8,7 @@ use ft_model::{ModelArgs, Projection};
 use mlx_rs::Array;
 use serde_json::{json, Value};
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// An adapter file layout.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -342,9 +342,4 @@ fn peft_spec(config: &Value, args: &ModelArgs) -> SpecAndBase {
         .and_then(Value::as_str)
         .map(str::to_owned);
     Ok((spec, base))
-}
-
-/// The default adapter directory name inside a run directory.
-pub fn adapter_dir(run_dir: &Path) -> PathBuf {
-    run_dir.join("adapter")
 }

@@ -101,7 +101,11 @@ pub struct Trainer {
     last_checkpoint: Option<PathBuf>,
     /// Streams for evaluation passes (training steps use one stream).
     eval_workers: Workers,
-    train_workers: Workers,
+}
+
+/// The final adapter of a run directory.
+pub fn final_adapter_dir(run_dir: &Path) -> PathBuf {
+    run_dir.join("adapter")
 }
 
 /// How the configured base model is loaded: dense in `model.dtype`, or
@@ -201,14 +205,11 @@ impl Trainer {
             last_checkpoint = Some(dir);
         }
         let run_dir = config.checkpoint.output_dir.clone();
-        let mut trainer = Trainer {
-            schedule: Schedule {
-                shape: ScheduleShape::Constant,
-                peak: config.optimizer.learning_rate,
-                min_lr: 0.0,
-                warmup_steps: 0,
-                total_steps: 1,
-            },
+        let batching = batch_options(&config.training, &config.data, tokenizer.special().pad_id());
+        let schedule = build_schedule(&config, &train_set, batching)?;
+        let eval_workers = Workers::auto(config.training.batch_size as usize);
+        Ok(Trainer {
+            schedule,
             config,
             config_toml,
             model,
@@ -221,12 +222,8 @@ impl Trainer {
             run_dir,
             resumed,
             last_checkpoint,
-            eval_workers: Workers::single(),
-            train_workers: Workers::single(),
-        };
-        trainer.eval_workers = Workers::auto(trainer.config.training.batch_size as usize);
-        trainer.schedule = trainer.build_schedule()?;
-        Ok(trainer)
+            eval_workers,
+        })
     }
 
     fn batch_options(&self) -> BatchOptions {
@@ -235,32 +232,6 @@ impl Trainer {
             &self.config.data,
             self.tokenizer.special().pad_id(),
         )
-    }
-
-    fn build_schedule(&self) -> Result<Schedule> {
-        let total_steps = match self.config.training.length() {
-            TrainingLength::Steps(steps) => u64::from(steps),
-            TrainingLength::Epochs(epochs) => {
-                let mut batcher = self.train_set.batcher(self.batch_options())?;
-                let per_epoch = batcher.batches_in_epoch(0) as u64;
-                let accumulation = u64::from(self.config.training.grad_accumulation);
-                (u64::from(epochs) * per_epoch)
-                    .div_ceil(accumulation)
-                    .max(1)
-            }
-        };
-        let scheduler = &self.config.scheduler;
-        Ok(Schedule {
-            shape: match scheduler.kind {
-                SchedulerKind::Cosine => ScheduleShape::Cosine,
-                SchedulerKind::Linear => ScheduleShape::Linear,
-                SchedulerKind::Constant => ScheduleShape::Constant,
-            },
-            peak: self.config.optimizer.learning_rate,
-            min_lr: scheduler.min_lr,
-            warmup_steps: scheduler.warmup_steps_for(total_steps),
-            total_steps,
-        })
     }
 
     /// What the run will do.
@@ -370,7 +341,7 @@ impl Trainer {
         if self.last_checkpoint_step() != Some(self.state.step) {
             self.save_checkpoint(callbacks)?;
         }
-        let adapter_dir = self.run_dir.join("adapter");
+        let adapter_dir = final_adapter_dir(&self.run_dir);
         self.adapters
             .save(&adapter_dir, AdapterFormat::Mlx, &self.config.model.path)?;
         Ok(TrainSummary {
@@ -403,6 +374,8 @@ impl Trainer {
         metrics: &mut MetricsFile,
         callbacks: &mut dyn Callbacks,
     ) -> Result<(StopCause, Option<f64>, Option<EvalMetrics>)> {
+        // One stream: with the backward pass, splitting measured slower.
+        let train_workers = Workers::single();
         let mut batcher = train_set.batcher(batch_options)?;
         if self.state.step == 0 && !self.resumed {
             self.state.cursor = batcher.start();
@@ -429,14 +402,14 @@ impl Trainer {
                 if batch.target_tokens == 0 {
                     continue;
                 }
-                let parts = self.train_workers.split(&batch);
+                let parts = train_workers.split(&batch);
                 let seed = dropout.then(|| dropout_seed(training.seed, step, micro));
                 let (loss, grads) = loss_and_grads(
                     &self.model,
                     &self.adapters.layout,
                     &self.adapters.params,
                     &parts,
-                    &self.train_workers,
+                    &train_workers,
                     seed,
                     smoothing,
                 )?;
@@ -786,6 +759,37 @@ fn build_optimizer(config: &Config) -> Optimizer {
     }
 }
 
+/// The learning-rate schedule of a run: `training.steps`, or enough steps
+/// for `training.epochs` passes over `train_set` batched with `batching`.
+fn build_schedule(
+    config: &Config,
+    train_set: &Dataset,
+    batching: BatchOptions,
+) -> Result<Schedule> {
+    let total_steps = match config.training.length() {
+        TrainingLength::Steps(steps) => u64::from(steps),
+        TrainingLength::Epochs(epochs) => {
+            let per_epoch = train_set.batcher(batching)?.batches_in_epoch(0) as u64;
+            let accumulation = u64::from(config.training.grad_accumulation);
+            (u64::from(epochs) * per_epoch)
+                .div_ceil(accumulation)
+                .max(1)
+        }
+    };
+    let scheduler = &config.scheduler;
+    Ok(Schedule {
+        shape: match scheduler.kind {
+            SchedulerKind::Cosine => ScheduleShape::Cosine,
+            SchedulerKind::Linear => ScheduleShape::Linear,
+            SchedulerKind::Constant => ScheduleShape::Constant,
+        },
+        peak: config.optimizer.learning_rate,
+        min_lr: scheduler.min_lr,
+        warmup_steps: scheduler.warmup_steps_for(total_steps),
+        total_steps,
+    })
+}
+
 /// Keeps the validation split's shuffle apart from other seeded streams.
 const VALID_SPLIT_SALT: u64 = 0x5eed;
 
@@ -820,9 +824,4 @@ fn split_off(train: &mut Dataset, fraction: f64, seed: u64) -> Dataset {
 /// run seed and the position in the run, so a resumed run draws the same masks.
 fn dropout_seed(seed: u64, step: u64, micro: u32) -> u64 {
     mix_seed(mix_seed(seed, step), u64::from(micro))
-}
-
-/// The run directory's final adapter.
-pub fn final_adapter_dir(run_dir: &Path) -> PathBuf {
-    run_dir.join("adapter")
 }
