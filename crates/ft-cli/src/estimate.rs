@@ -3,7 +3,7 @@
 
 use crate::common::{human_bytes, load_config, thousands, train_failure};
 use crate::Failure;
-use ft_trainer::memory::{data_extent, estimate, ModelShapes};
+use ft_trainer::memory::{data_extent, estimate, model_args};
 use std::path::PathBuf;
 
 /// Arguments of `ft estimate-memory`.
@@ -27,11 +27,11 @@ pub struct Args {
 /// Runs `ft estimate-memory`.
 pub fn run(args: &Args) -> Result<(), Failure> {
     let config = load_config(&args.run.config, &args.run.sets)?;
-    let shapes = match &args.model_config {
-        Some(path) => ModelShapes::from_args(
-            &ft_model::ModelArgs::from_config_file(path).map_err(crate::common::model_failure)?,
-        ),
-        None => ModelShapes::read(&config.model.path).map_err(train_failure)?,
+    let model = match &args.model_config {
+        Some(path) => {
+            ft_model::ModelArgs::from_config_file(path).map_err(crate::common::model_failure)?
+        }
+        None => model_args(&config.model.path).map_err(train_failure)?,
     };
     let (sequence_length, target_tokens) = match args.seq_len {
         Some(length) => (length, u64::from(config.training.batch_size) * length),
@@ -41,7 +41,7 @@ pub fn run(args: &Args) -> Result<(), Failure> {
         }
         None => data_extent(&config).map_err(train_failure)?,
     };
-    let estimate = estimate(&config, &shapes, sequence_length, target_tokens);
+    let estimate = estimate(&config, &model, sequence_length, target_tokens);
     if args.json {
         println!("{}", serde_json::to_string(&estimate).unwrap_or_default());
         return Ok(());
@@ -49,8 +49,8 @@ pub fn run(args: &Args) -> Result<(), Failure> {
     println!(
         "peak training memory for {} ({} layers, hidden {}, {}), batch {} x {} tokens:",
         config.model.path,
-        shapes.layers,
-        shapes.hidden,
+        model.num_layers,
+        model.hidden_size,
         config.model.dtype,
         estimate.batch_size,
         estimate.sequence_length

@@ -168,6 +168,47 @@ pub fn read_safetensors_dir(dir: &Path) -> Result<HashMap<String, Array>> {
     Ok(tensors)
 }
 
+/// The Hugging Face config of a llama-architecture GGUF file from its
+/// metadata (`number` looks a key up). `vocab_fallback` is used when the
+/// metadata has no `llama.vocab_size`; `tied` says whether the file lacks
+/// an `output.weight`. Shared by the loader and by readers that only see
+/// the metadata (memory estimates).
+pub fn gguf_hf_config(
+    number: &dyn Fn(&str) -> Option<f64>,
+    vocab_fallback: usize,
+    tied: bool,
+) -> std::result::Result<crate::config::HfConfig, String> {
+    let required = |key: &str| number(key).ok_or_else(|| format!("metadata `{key}` is missing"));
+    let hidden_size = required("llama.embedding_length")? as usize;
+    let num_heads = required("llama.attention.head_count")? as usize;
+    let num_kv_heads = number("llama.attention.head_count_kv").map_or(num_heads, |n| n as usize);
+    let vocab_size = number("llama.vocab_size").map_or(vocab_fallback, |n| n as usize);
+    let head_dim =
+        number("llama.rope.dimension_count").map_or(hidden_size / num_heads.max(1), |n| n as usize);
+    Ok(crate::config::HfConfig {
+        architectures: vec!["LlamaForCausalLM".into()],
+        model_type: Some("llama".into()),
+        hidden_size,
+        intermediate_size: required("llama.feed_forward_length")? as usize,
+        num_hidden_layers: required("llama.block_count")? as usize,
+        num_attention_heads: num_heads,
+        num_key_value_heads: Some(num_kv_heads),
+        head_dim: Some(head_dim),
+        vocab_size,
+        rms_norm_eps: number("llama.attention.layer_norm_rms_epsilon").unwrap_or(1e-5) as f32,
+        rope_theta: number("llama.rope.freq_base").unwrap_or(10_000.0) as f32,
+        rope_scaling: None,
+        tie_word_embeddings: tied,
+        sliding_window: None,
+        max_position_embeddings: number("llama.context_length").map(|n| n as usize),
+        bos_token_id: number("tokenizer.ggml.bos_token_id").map(|n| n as u32),
+        eos_token_id: number("tokenizer.ggml.eos_token_id")
+            .map(|n| crate::config::EosIds::One(n as u32)),
+        quantization: None,
+        torch_dtype: None,
+    })
+}
+
 /// Reads a GGUF file: architecture from its metadata, tensors renamed to
 /// Hugging Face keys, llama.cpp's Q/K row permutation undone.
 pub fn read_gguf(path: &Path) -> Result<(ModelArgs, HashMap<String, Array>)> {
@@ -183,58 +224,17 @@ pub fn read_gguf(path: &Path) -> Result<(ModelArgs, HashMap<String, Array>)> {
             ),
         });
     }
-    let number = |key: &str| -> Result<f64> {
-        file.metadata_number(key).ok_or_else(|| Error::Config {
-            path: path.to_path_buf(),
-            message: format!("metadata `{key}` is missing"),
-        })
-    };
     let raw_tensors = file.tensors()?;
-    let hidden_size = number("llama.embedding_length")? as usize;
-    let num_heads = number("llama.attention.head_count")? as usize;
-    let num_kv_heads = file
-        .metadata_number("llama.attention.head_count_kv")
-        .map_or(num_heads, |n| n as usize);
-    let vocab_size = match file.metadata_number("llama.vocab_size") {
-        Some(n) => n as usize,
-        None => raw_tensors
-            .get("token_embd.weight")
-            .map_or(0, |t| t.shape()[0] as usize),
-    };
-    let head_dim = file
-        .metadata_number("llama.rope.dimension_count")
-        .map_or(hidden_size / num_heads.max(1), |n| n as usize);
-    let hf = crate::config::HfConfig {
-        architectures: vec!["LlamaForCausalLM".into()],
-        model_type: Some("llama".into()),
-        hidden_size,
-        intermediate_size: number("llama.feed_forward_length")? as usize,
-        num_hidden_layers: number("llama.block_count")? as usize,
-        num_attention_heads: num_heads,
-        num_key_value_heads: Some(num_kv_heads),
-        head_dim: Some(head_dim),
-        vocab_size,
-        rms_norm_eps: file
-            .metadata_number("llama.attention.layer_norm_rms_epsilon")
-            .unwrap_or(1e-5) as f32,
-        rope_theta: file
-            .metadata_number("llama.rope.freq_base")
-            .unwrap_or(10_000.0) as f32,
-        rope_scaling: None,
-        tie_word_embeddings: !raw_tensors.contains_key("output.weight"),
-        sliding_window: None,
-        max_position_embeddings: file
-            .metadata_number("llama.context_length")
-            .map(|n| n as usize),
-        bos_token_id: file
-            .metadata_number("tokenizer.ggml.bos_token_id")
-            .map(|n| n as u32),
-        eos_token_id: file
-            .metadata_number("tokenizer.ggml.eos_token_id")
-            .map(|n| crate::config::EosIds::One(n as u32)),
-        quantization: None,
-        torch_dtype: None,
-    };
+    let vocab_fallback = raw_tensors
+        .get("token_embd.weight")
+        .map_or(0, |t| t.shape()[0] as usize);
+    let tied = !raw_tensors.contains_key("output.weight");
+    let hf = gguf_hf_config(&|key| file.metadata_number(key), vocab_fallback, tied).map_err(
+        |message| Error::Config {
+            path: path.to_path_buf(),
+            message,
+        },
+    )?;
     let args = ModelArgs::from_hf(&hf).map_err(|message| Error::Config {
         path: path.to_path_buf(),
         message,

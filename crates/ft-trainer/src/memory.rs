@@ -12,104 +12,50 @@
 
 use crate::{Result, TrainError};
 use ft_config::{Config, Quantization};
+use ft_model::{ModelArgs, Projection};
 use serde::Serialize;
 use std::path::Path;
 
-/// The shapes that matter for memory.
-#[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct ModelShapes {
-    /// Hidden size.
-    pub hidden: u64,
-    /// MLP width.
-    pub ffn: u64,
-    /// Decoder blocks.
-    pub layers: u64,
-    /// Query heads.
-    pub heads: u64,
-    /// Key/value heads.
-    pub kv_heads: u64,
-    /// Width of one head.
-    pub head_dim: u64,
-    /// Vocabulary size.
-    pub vocab: u64,
-    /// Output head shares the embedding.
-    pub tied: bool,
+/// The hyper-parameters of `model` (directory, GGUF file or built-in name)
+/// from its `config.json` or its GGUF metadata alone: no tensor is read.
+pub fn model_args(model: &str) -> Result<ModelArgs> {
+    match ft_model::ModelSource::resolve(model)? {
+        ft_model::ModelSource::Directory(dir) => {
+            Ok(ModelArgs::from_config_file(&dir.join("config.json"))?)
+        }
+        ft_model::ModelSource::Gguf(path) => gguf_args(&path),
+    }
 }
 
-impl ModelShapes {
-    /// From an [`ft_model::ModelArgs`].
-    pub fn from_args(args: &ft_model::ModelArgs) -> Self {
-        ModelShapes {
-            hidden: args.hidden_size as u64,
-            ffn: args.intermediate_size as u64,
-            layers: args.num_layers as u64,
-            heads: args.num_heads as u64,
-            kv_heads: args.num_kv_heads as u64,
-            head_dim: args.head_dim as u64,
-            vocab: args.vocab_size as u64,
-            tied: args.tie_word_embeddings,
-        }
+fn gguf_args(path: &Path) -> Result<ModelArgs> {
+    let bad = |message: String| TrainError::Config(format!("{}: {message}", path.display()));
+    let meta = ft_data::GgufMetadata::read_file(path)?;
+    let arch = meta
+        .get("general.architecture")
+        .and_then(|v| v.as_str())
+        .unwrap_or_default();
+    if arch != "llama" {
+        return Err(bad(format!(
+            "metadata `general.architecture`: expected `llama` (Llama/Mistral family), got `{arch}`"
+        )));
     }
-
-    /// Reads the shapes of `model` (directory, GGUF file or built-in name)
-    /// from `config.json` or the GGUF metadata only.
-    pub fn read(model: &str) -> Result<Self> {
-        match ft_model::ModelSource::resolve(model)? {
-            ft_model::ModelSource::Directory(dir) => Ok(Self::from_args(
-                &ft_model::ModelArgs::from_config_file(&dir.join("config.json"))?,
-            )),
-            ft_model::ModelSource::Gguf(path) => Self::from_gguf(&path),
-        }
-    }
-
-    fn from_gguf(path: &Path) -> Result<Self> {
-        let meta = ft_data::GgufMetadata::read_file(path)?;
-        let number = |key: &str| -> Result<u64> {
-            meta.get(key).and_then(|v| v.as_u64()).ok_or_else(|| {
-                TrainError::Config(format!("{}: metadata `{key}` is missing", path.display()))
-            })
-        };
-        let hidden = number("llama.embedding_length")?;
-        let heads = number("llama.attention.head_count")?;
-        let layers = number("llama.block_count")?;
-        let vocab = match number("llama.vocab_size") {
-            Ok(n) => n,
-            Err(_) => meta
-                .get("tokenizer.ggml.tokens")
-                .and_then(|v| v.as_array())
-                .map_or(0, |tokens| tokens.len() as u64),
-        };
-        Ok(ModelShapes {
-            hidden,
-            ffn: number("llama.feed_forward_length")?,
-            layers,
-            heads,
-            kv_heads: number("llama.attention.head_count_kv").unwrap_or(heads),
-            head_dim: number("llama.rope.dimension_count").unwrap_or(hidden / heads.max(1)),
-            vocab,
-            // token_embd, output_norm and 9 tensors per block: no `output.weight`.
-            tied: meta.tensor_count <= 2 + 9 * layers,
-        })
-    }
-
-    fn projection(&self, name: &str) -> (u64, u64) {
-        let q = self.heads * self.head_dim;
-        let kv = self.kv_heads * self.head_dim;
-        match name {
-            "q_proj" => (q, self.hidden),
-            "k_proj" | "v_proj" => (kv, self.hidden),
-            "o_proj" => (self.hidden, q),
-            "gate_proj" | "up_proj" => (self.ffn, self.hidden),
-            _ => (self.hidden, self.ffn),
-        }
-    }
+    let number = |key: &str| meta.get(key).and_then(|v| v.as_f64());
+    let vocab_fallback = meta
+        .get("tokenizer.ggml.tokens")
+        .and_then(|v| v.as_array())
+        .map_or(0, <[_]>::len);
+    let layers = number("llama.block_count").unwrap_or(0.0) as u64;
+    // token_embd, output_norm and 9 tensors per block: no `output.weight`.
+    let tied = meta.tensor_count <= 2 + 9 * layers;
+    let hf = ft_model::load::gguf_hf_config(&number, vocab_fallback, tied).map_err(bad)?;
+    ModelArgs::from_hf(&hf).map_err(bad)
 }
 
 /// Predicted peak memory of a training step, by part, in bytes.
 #[derive(Clone, Debug, Serialize)]
 pub struct MemoryEstimate {
-    /// The shapes used.
-    pub shapes: ModelShapes,
+    /// The model's hyper-parameters.
+    pub model: ModelArgs,
     /// Sequences per micro-batch and their length (tokens).
     pub batch_size: u64,
     /// Longest sequence assumed.
@@ -134,12 +80,12 @@ pub struct MemoryEstimate {
     pub trainable_parameters: u64,
 }
 
-/// Predicts the peak memory of training with `config` on a model of
-/// `shapes`, for micro-batches of sequences of `sequence_length` tokens with
+/// Predicts the peak memory of training with `config` on a model with
+/// `args`, for micro-batches of sequences of `sequence_length` tokens with
 /// `target_tokens` loss targets in all.
 pub fn estimate(
     config: &Config,
-    shapes: &ModelShapes,
+    args: &ModelArgs,
     sequence_length: u64,
     target_tokens: u64,
 ) -> MemoryEstimate {
@@ -147,15 +93,6 @@ pub fn estimate(
         ft_config::Dtype::Float32 => 4,
         _ => 2,
     };
-    let names = [
-        "q_proj",
-        "k_proj",
-        "v_proj",
-        "o_proj",
-        "gate_proj",
-        "up_proj",
-        "down_proj",
-    ];
     let linear_bytes = |out: u64, input: u64| -> u64 {
         match &config.model.quantization {
             Quantization::None => out * input * dtype_bytes,
@@ -165,29 +102,40 @@ pub fn estimate(
             }
         }
     };
-    let per_layer: u64 = names
-        .iter()
-        .map(|name| {
-            let (out, input) = shapes.projection(name);
+    let projection = |p: Projection| {
+        let (out, input) = args.projection_shape(p);
+        (out as u64, input as u64)
+    };
+    let (hidden, ffn, layers) = (
+        args.hidden_size as u64,
+        args.intermediate_size as u64,
+        args.num_layers as u64,
+    );
+    let (heads, vocab) = (args.num_heads as u64, args.vocab_size as u64);
+    let per_layer: u64 = Projection::ALL
+        .into_iter()
+        .map(|p| {
+            let (out, input) = projection(p);
             linear_bytes(out, input)
         })
         .sum::<u64>()
-        + 2 * shapes.hidden * dtype_bytes;
-    let embedding = shapes.vocab * shapes.hidden * dtype_bytes;
-    let head = if shapes.tied {
+        + 2 * hidden * dtype_bytes;
+    let embedding = vocab * hidden * dtype_bytes;
+    let head = if args.tie_word_embeddings {
         0
     } else {
-        linear_bytes(shapes.vocab, shapes.hidden)
+        linear_bytes(vocab, hidden)
     };
-    let weights = shapes.layers * per_layer + embedding + head + shapes.hidden * dtype_bytes;
+    let weights = layers * per_layer + embedding + head + hidden * dtype_bytes;
 
-    let adapted_layers = config.lora.num_layers.resolve(shapes.layers as usize) as u64;
+    let adapted_layers = config.lora.num_layers.resolve(args.num_layers) as u64;
     let rank = u64::from(config.lora.rank);
     let targets = config.lora.target_modules.targets();
     let per_layer_params: u64 = targets
         .iter()
-        .map(|t| {
-            let (out, input) = shapes.projection(t.as_str());
+        .filter_map(|t| Projection::from_name(t.as_str()))
+        .map(|p| {
+            let (out, input) = projection(p);
             rank * (out + input) + if config.lora.use_dora { out } else { 0 }
         })
         .sum();
@@ -209,22 +157,22 @@ pub fn estimate(
 
     let batch = u64::from(config.training.batch_size);
     let tokens = batch * sequence_length;
-    let q = shapes.heads * shapes.head_dim;
-    let kv = shapes.kv_heads * shapes.head_dim;
+    let q = (args.num_heads * args.head_dim) as u64;
+    let kv = (args.num_kv_heads * args.head_dim) as u64;
     // Kept per token by one block: its input and the two normalised inputs,
     // q/k/v before and after RoPE, the attention output, the residual sum
     // and the MLP's gate, up, SiLU and product, plus the down projection.
-    let kept_elements = 6 * shapes.hidden + 3 * q + 3 * kv + 4 * shapes.ffn;
+    let kept_elements = 6 * hidden + 3 * q + 3 * kv + 4 * ffn;
     // Attention scores and probabilities (float32) per token: heads x length.
-    let attention = 2 * shapes.heads * sequence_length * 4;
+    let attention = 2 * heads * sequence_length * 4;
     let per_token_layer = kept_elements * dtype_bytes + attention;
     let backward_layers = adapted_layers;
     let activations = tokens * per_token_layer * backward_layers;
     // Logits, exp/softmax and their gradient, float32, target tokens only.
-    let logits = target_tokens * shapes.vocab * 4 * 3;
+    let logits = target_tokens * vocab * 4 * 3;
     let total = weights + adapters + gradients + optimizer + activations + logits;
     MemoryEstimate {
-        shapes: shapes.clone(),
+        model: args.clone(),
         batch_size: batch,
         sequence_length,
         target_tokens,

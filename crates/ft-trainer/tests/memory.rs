@@ -7,7 +7,7 @@ mod common;
 
 use common::{tokenizer, write_data};
 use ft_config::{Config, LoraLayers};
-use ft_trainer::memory::{data_extent, estimate, ModelShapes};
+use ft_trainer::memory::{data_extent, estimate, model_args};
 use ft_trainer::{NoCallbacks, Trainer};
 use std::path::Path;
 
@@ -39,9 +39,9 @@ fn the_default_model_fits_its_estimate() {
     config.training.steps = Some(6);
     config.scheduler.warmup_steps = Some(1);
     config.checkpoint.output_dir = dir.path().join("run");
-    let shapes = ModelShapes::read(&config.model.path).expect("shapes");
+    let args = model_args(&config.model.path).expect("model args");
     let (length, targets) = data_extent(&config).expect("extent");
-    let predicted = estimate(&config, &shapes, length, targets).total;
+    let predicted = estimate(&config, &args, length, targets).total;
     mlx_rs::memory::reset_peak_memory().expect("reset");
     let mut trainer = Trainer::new(config).expect("trainer");
     let summary = trainer.train(&mut NoCallbacks).expect("train");
@@ -101,7 +101,7 @@ fn a_model_with_mistral_7b_widths_fits_its_estimate() {
         .map(|e| e.target_count() as u64)
         .max()
         .unwrap_or(1);
-    let predicted = estimate(&config, &ModelShapes::from_args(&args), length, targets).total;
+    let predicted = estimate(&config, &args, length, targets).total;
     mlx_rs::memory::reset_peak_memory().expect("reset");
     let mut trainer = Trainer::with_model(config, model, tokenizer).expect("trainer");
     let summary = trainer.train(&mut NoCallbacks).expect("train");
