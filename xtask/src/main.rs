@@ -15,6 +15,7 @@ mod python;
 mod reference;
 mod setup;
 mod shell;
+mod soak;
 mod sources;
 
 use anyhow::{bail, Result};
@@ -37,6 +38,8 @@ commands:
   fixtures chat-template                setup and the reference venv, then the chat-template parity fixture (transformers)
   fixtures logits                       setup and the reference venv, then the mlx_lm logits parity fixture (ft-model)
   demo-data [--check]                   write (or check) the demo data set examples/data/demo/{train,valid}.jsonl
+  soak [--minutes M] [--sample-s S]     setup, then a long training run (default 120 min, by hand) sampling
+                                        resident and MLX memory; prints the slope after the first evaluation
   venv                                  setup, then the mlx-lm reference venv (.ft/venv-mlx, same OpenBLAS)
 
 The MLX backend on Linux can also be chosen with FT_MLX_BACKEND=cpu|cuda12|cuda13;
@@ -104,6 +107,10 @@ fn run() -> Result<()> {
             Some("train") => bench_train::run(&root, &rest[1..])?,
             _ => bail!("usage: cargo xtask bench data|generate|train [options]\n\n{USAGE}"),
         },
+        "soak" => {
+            setup::run(&root, setup::Options::parse(&[])?)?;
+            soak::run(&root, rest)?;
+        }
         "fixtures" => fixtures::run(&root, rest)?,
         "demo-data" => demo_data::run(&root, rest)?,
         "help" | "-h" | "--help" => println!("{USAGE}"),

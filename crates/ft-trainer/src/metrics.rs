@@ -28,6 +28,10 @@ pub struct StepMetrics {
     pub tokens_per_second: f64,
     /// Peak MLX memory so far, in bytes.
     pub peak_memory_bytes: u64,
+    /// MLX memory held by live arrays after the step, in bytes (a leak shows
+    /// here first; 0 in files written before it was recorded).
+    #[serde(default)]
+    pub active_memory_bytes: u64,
     /// Seconds of training so far (across resumes).
     pub elapsed_seconds: f64,
     /// Epoch of the data cursor after this step.

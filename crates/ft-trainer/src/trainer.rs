@@ -485,6 +485,7 @@ impl Trainer {
                 real_tokens,
                 tokens_per_second: real_tokens as f64 / seconds.max(1e-9),
                 peak_memory_bytes: mlx_rs::memory::peak_memory().unwrap_or(0) as u64,
+                active_memory_bytes: mlx_rs::memory::active_memory().unwrap_or(0) as u64,
                 elapsed_seconds: self.state.seconds,
                 epoch: self.state.cursor.epoch,
                 skipped,
