@@ -41,6 +41,15 @@ pub enum Error {
         /// Which tensors are missing, unexpected or misshapen.
         message: String,
     },
+    /// The model cannot be written in the requested form (e.g. quantized
+    /// weights to GGUF, an unsupported dtype).
+    #[error("{path}: {message}")]
+    Export {
+        /// The file being written.
+        path: PathBuf,
+        /// What stands in the way and what to do.
+        message: String,
+    },
     /// A model name or path that is neither a directory, a GGUF file nor a built-in name.
     #[error("model `{0}` not found: expected a model directory (config.json + *.safetensors), a .gguf file, or a built-in name ({1})")]
     ModelNotFound(String, String),

@@ -149,6 +149,55 @@ impl GgufFile {
     }
 }
 
+/// llama.cpp's name of each decoder-block tensor (`blk.N.<name>.weight`)
+/// next to the Hugging Face module it holds; the reader and the writer
+/// share it so the two directions cannot drift apart.
+pub(crate) const BLOCK_TENSOR_NAMES: [(&str, &str); 9] = [
+    ("attn_q", "self_attn.q_proj"),
+    ("attn_k", "self_attn.k_proj"),
+    ("attn_v", "self_attn.v_proj"),
+    ("attn_output", "self_attn.o_proj"),
+    ("ffn_gate", "mlp.gate_proj"),
+    ("ffn_up", "mlp.up_proj"),
+    ("ffn_down", "mlp.down_proj"),
+    ("attn_norm", "input_layernorm"),
+    ("ffn_norm", "post_attention_layernorm"),
+];
+
+/// llama.cpp stores Q/K rows per head as `[d/2, 2]` (interleaved RoPE);
+/// Hugging Face as `[2, d/2]`. Rows move, so this also works on quantized
+/// weights, scales and biases.
+pub(crate) fn llama_cpp_rows_to_hf(array: &Array, heads: usize) -> Result<Array> {
+    regroup_head_rows(array, heads, true)
+}
+
+/// The inverse of [`llama_cpp_rows_to_hf`]: Hugging Face Q/K rows in the
+/// order llama.cpp's `llama` architecture expects.
+pub(crate) fn hf_rows_to_llama_cpp(array: &Array, heads: usize) -> Result<Array> {
+    regroup_head_rows(array, heads, false)
+}
+
+/// Views each head's rows as `[d/2, 2]` (`from_llama_cpp`) or `[2, d/2]`
+/// and swaps the two axes.
+fn regroup_head_rows(array: &Array, heads: usize, from_llama_cpp: bool) -> Result<Array> {
+    let shape = array.shape().to_vec();
+    let rows = shape.first().copied().unwrap_or(0);
+    let heads = i32::try_from(heads).unwrap_or(0);
+    if heads == 0 || rows % (2 * heads) != 0 {
+        return Err(Error::InvalidRequest(format!(
+            "{rows} rows cannot be split into {heads} RoPE heads of even width"
+        )));
+    }
+    let half = rows / heads / 2;
+    let mut split = if from_llama_cpp {
+        vec![heads, half, 2]
+    } else {
+        vec![heads, 2, half]
+    };
+    split.extend_from_slice(&shape[1..]);
+    Ok(array.reshape(&split)?.swap_axes(1, 2)?.reshape(&shape)?)
+}
+
 /// Rejects files that are not GGUF or are shorter than their header says,
 /// before native code sees them.
 fn check_header(path: &Path) -> Result<()> {

@@ -11,6 +11,7 @@
 pub mod config;
 pub mod error;
 pub mod export;
+pub mod export_gguf;
 pub mod generate;
 pub mod gguf;
 pub mod layers;
@@ -22,6 +23,7 @@ pub mod tiny;
 pub use config::ModelArgs;
 pub use error::{Error, Result};
 pub use export::{save_hf_dir, ExportOptions};
+pub use export_gguf::{save_gguf, GgufExportOptions, GgufMetadataValue};
 pub use generate::{generate, generate_batch, Generation, SamplingOptions, StopReason};
 pub use layers::{Linear, Weight};
 pub use load::{load_model, LoadOptions, ModelSource};

@@ -243,9 +243,9 @@ pub fn read_gguf(path: &Path) -> Result<(ModelArgs, HashMap<String, Array>)> {
     for (name, array) in raw_tensors {
         let hf_name = gguf_to_hf_name(&name).unwrap_or(name);
         let array = if hf_name.contains(".self_attn.q_proj.") {
-            unpermute_rows(&array, args.num_heads)?
+            crate::gguf::llama_cpp_rows_to_hf(&array, args.num_heads)?
         } else if hf_name.contains(".self_attn.k_proj.") {
-            unpermute_rows(&array, args.num_kv_heads)?
+            crate::gguf::llama_cpp_rows_to_hf(&array, args.num_kv_heads)?
         } else {
             array
         };
@@ -264,35 +264,13 @@ fn gguf_to_hf_name(name: &str) -> Option<String> {
         _ => {
             let rest = stem.strip_prefix("blk.")?;
             let (layer, module) = rest.split_once('.')?;
-            let module = match module {
-                "attn_q" => "self_attn.q_proj",
-                "attn_k" => "self_attn.k_proj",
-                "attn_v" => "self_attn.v_proj",
-                "attn_output" => "self_attn.o_proj",
-                "ffn_gate" => "mlp.gate_proj",
-                "ffn_up" => "mlp.up_proj",
-                "ffn_down" => "mlp.down_proj",
-                "attn_norm" => "input_layernorm",
-                "ffn_norm" => "post_attention_layernorm",
-                _ => return None,
-            };
+            let (_, module) = crate::gguf::BLOCK_TENSOR_NAMES
+                .iter()
+                .find(|(gguf, _)| *gguf == module)?;
             format!("model.layers.{layer}.{module}")
         }
     };
     Some(format!("{mapped}.{suffix}"))
-}
-
-/// llama.cpp stores Q/K rows per head as `[d/2, 2]` (interleaved RoPE);
-/// Hugging Face as `[2, d/2]`. Rows move, so this also works on quantized
-/// weights, scales and biases.
-fn unpermute_rows(array: &Array, heads: usize) -> Result<Array> {
-    let shape = array.shape().to_vec();
-    let rows = shape[0];
-    let heads = heads as i32;
-    let half = rows / heads / 2;
-    let mut split = vec![heads, half, 2];
-    split.extend_from_slice(&shape[1..]);
-    Ok(array.reshape(&split)?.swap_axes(1, 2)?.reshape(&shape)?)
 }
 
 /// Builds the model from named tensors, checking names and shapes.

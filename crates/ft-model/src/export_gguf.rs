@@ -1,0 +1,603 @@
+//! Saving a model as one llama.cpp-compatible GGUF file through MLX's own
+//! writer (`mlx_save_gguf`): llama.cpp's tensor names, its Q/K row order,
+//! the `llama.*` hyper-parameters, float16 or float32 weights (norms always
+//! float32, as llama.cpp's converter writes them), plus whatever metadata
+//! the caller adds (the tokenizer: ft-model does not know about text).
+
+use crate::gguf::{hf_rows_to_llama_cpp, BLOCK_TENSOR_NAMES};
+use crate::layers::Weight;
+use crate::model::{Model, Projection};
+use crate::{Error, Result};
+use mlx_rs::{Array, Dtype};
+use std::collections::BTreeMap;
+use std::ffi::CString;
+use std::path::{Path, PathBuf};
+
+/// Context length written when the model's config has none (llama.cpp
+/// requires the key; 4096 is what Llama 2 and Mistral v0.1 were trained with).
+pub const FALLBACK_CONTEXT_LENGTH: u32 = 4096;
+
+/// One GGUF metadata value, in the three shapes MLX's writer accepts.
+#[derive(Clone, Debug)]
+pub enum GgufMetadataValue {
+    /// A number or bool (a 0-d array) or a list of them (a 1-d array); the
+    /// dtype picks the GGUF type (`uint32` -> u32, `bool` -> bool, ...).
+    /// float64 is not writable: use float32.
+    Array(Array),
+    /// A string.
+    String(String),
+    /// A list of strings (a vocabulary, merges).
+    Strings(Vec<String>),
+}
+
+impl GgufMetadataValue {
+    /// A `u32` value.
+    pub fn u32(value: u32) -> Self {
+        Self::Array(Array::from_slice(&[value], &[]))
+    }
+
+    /// An `f32` value.
+    pub fn f32(value: f32) -> Self {
+        Self::Array(Array::from_f32(value))
+    }
+
+    /// A `bool` value.
+    pub fn bool(value: bool) -> Self {
+        Self::Array(Array::from_bool(value))
+    }
+
+    /// A string value.
+    pub fn string(value: impl Into<String>) -> Self {
+        Self::String(value.into())
+    }
+}
+
+/// How to write the GGUF file.
+#[derive(Clone, Debug)]
+pub struct GgufExportOptions {
+    /// dtype of the weight matrices: `Float16` (llama.cpp's `F16`) or
+    /// `Float32`. Norm weights are float32 either way.
+    pub dtype: Dtype,
+    /// `general.name`, if any.
+    pub name: Option<String>,
+    /// Further metadata, e.g. the tokenizer's `tokenizer.ggml.*` keys and
+    /// `tokenizer.chat_template`. Keys the writer derives from the model
+    /// (`general.architecture`, `general.file_type`, `llama.*`) cannot be
+    /// given here.
+    pub metadata: BTreeMap<String, GgufMetadataValue>,
+}
+
+impl Default for GgufExportOptions {
+    fn default() -> Self {
+        Self {
+            dtype: Dtype::Float32,
+            name: None,
+            metadata: BTreeMap::new(),
+        }
+    }
+}
+
+/// Writes `model` to `path` (which must end in `.gguf`; its directory is
+/// created) as a llama-architecture GGUF file that llama.cpp and
+/// [`crate::load_model`] read. Quantized weights are refused: dequantize
+/// first (`LoadOptions::dequantize`). The file is written next to `path`
+/// and renamed, so an interrupted write leaves no half file under `path`.
+pub fn save_gguf(model: &Model, path: &Path, options: &GgufExportOptions) -> Result<()> {
+    let fail = |message: String| Error::Export {
+        path: path.to_path_buf(),
+        message,
+    };
+    if path.extension().and_then(|e| e.to_str()) != Some("gguf") {
+        return Err(fail("a GGUF file name must end in `.gguf`".into()));
+    }
+    let file_type: u32 = match options.dtype {
+        Dtype::Float32 => 0,
+        Dtype::Float16 => 1,
+        other => {
+            return Err(fail(format!(
+                "dtype {other:?}: GGUF weights are written as float16 or float32"
+            )))
+        }
+    };
+    let args = &model.args;
+    if args.rope_scaling.is_some() {
+        return Err(fail(
+            "Llama-3 RoPE scaling (`rope_scaling`) is not written to GGUF yet; use the HF format"
+                .into(),
+        ));
+    }
+    for key in options.metadata.keys() {
+        if key == "general.architecture" || key == "general.file_type" || key.starts_with("llama.")
+        {
+            return Err(fail(format!(
+                "metadata `{key}` is derived from the model and cannot be given"
+            )));
+        }
+    }
+
+    let tensors = llama_cpp_tensors(model, options.dtype, &fail)?;
+    let mut metadata = model_metadata(model, file_type, &fail)?;
+    if let Some(name) = &options.name {
+        metadata.insert("general.name".into(), GgufMetadataValue::string(name));
+    }
+    for (key, value) in &options.metadata {
+        metadata.insert(key.clone(), value.clone());
+    }
+
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|source| Error::Io {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+    }
+    // MLX appends `.gguf` to names without it, so the partial name keeps it.
+    let partial = partial_path(path);
+    let written = write_with_mlx(&partial, &tensors, &metadata);
+    if let Err(error) = written {
+        let _ = std::fs::remove_file(&partial);
+        return Err(error);
+    }
+    std::fs::rename(&partial, path).map_err(|source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// `dir/name.gguf` -> `dir/name.partial.gguf`.
+fn partial_path(path: &Path) -> PathBuf {
+    let stem = path
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    path.with_file_name(format!("{stem}.partial.gguf"))
+}
+
+/// The model's tensors under llama.cpp's names, Q/K rows permuted, weight
+/// matrices in `dtype`, norms in float32.
+fn llama_cpp_tensors(
+    model: &Model,
+    dtype: Dtype,
+    fail: &dyn Fn(String) -> Error,
+) -> Result<Vec<(String, Array)>> {
+    let args = &model.args;
+    let dense = |name: &str, weight: &Weight| -> Result<Array> {
+        match weight {
+            Weight::Dense(matrix) => Ok(matrix.as_dtype(dtype)?),
+            Weight::Quantized { bits, .. } => Err(fail(format!(
+                "{name} is {bits}-bit quantized; GGUF output holds float16/float32 weights: \
+                 dequantize first (`ft fuse --dequantize`, LoadOptions::dequantize)"
+            ))),
+        }
+    };
+    let norm = |array: &Array| -> Result<Array> { Ok(array.as_dtype(Dtype::Float32)?) };
+    let mut tensors = vec![(
+        "token_embd.weight".to_string(),
+        dense("token_embd.weight", &model.embed_tokens)?,
+    )];
+    for (index, layer) in model.layers.iter().enumerate() {
+        for projection in Projection::ALL {
+            let hf_module = format!("{}.{}", projection.parent(), projection.name());
+            let gguf_module = gguf_module_name(&hf_module)
+                .ok_or_else(|| fail(format!("internal: no GGUF name for {hf_module}")))?;
+            let name = format!("blk.{index}.{gguf_module}.weight");
+            let matrix = dense(&name, &layer.projection(projection).weight)?;
+            let matrix = match projection {
+                Projection::Q => hf_rows_to_llama_cpp(&matrix, args.num_heads)?,
+                Projection::K => hf_rows_to_llama_cpp(&matrix, args.num_kv_heads)?,
+                _ => matrix,
+            };
+            tensors.push((name, matrix));
+        }
+        for (hf_module, array) in [
+            ("input_layernorm", &layer.input_layernorm),
+            ("post_attention_layernorm", &layer.post_attention_layernorm),
+        ] {
+            let gguf_module = gguf_module_name(hf_module)
+                .ok_or_else(|| fail(format!("internal: no GGUF name for {hf_module}")))?;
+            tensors.push((format!("blk.{index}.{gguf_module}.weight"), norm(array)?));
+        }
+    }
+    tensors.push(("output_norm.weight".into(), norm(&model.norm)?));
+    // Tied embeddings: llama.cpp uses token_embd when output.weight is absent.
+    if let Some(head) = &model.lm_head {
+        tensors.push((
+            "output.weight".into(),
+            dense("output.weight", &head.weight)?,
+        ));
+    }
+    Ok(tensors)
+}
+
+fn gguf_module_name(hf_module: &str) -> Option<&'static str> {
+    BLOCK_TENSOR_NAMES
+        .iter()
+        .find(|(_, hf)| *hf == hf_module)
+        .map(|(gguf, _)| *gguf)
+}
+
+/// `general.*` and `llama.*` keys, typed as llama.cpp checks them (u32
+/// counts, f32 epsilon and RoPE base).
+fn model_metadata(
+    model: &Model,
+    file_type: u32,
+    fail: &dyn Fn(String) -> Error,
+) -> Result<BTreeMap<String, GgufMetadataValue>> {
+    let args = &model.args;
+    let count = |key: &str, value: usize| -> Result<(String, GgufMetadataValue)> {
+        let value = u32::try_from(value)
+            .map_err(|_| fail(format!("`{key}` = {value} does not fit in a u32")))?;
+        Ok((key.to_string(), GgufMetadataValue::u32(value)))
+    };
+    let context = match args.max_position_embeddings {
+        Some(length) => length,
+        None => {
+            tracing::warn!(
+                fallback = FALLBACK_CONTEXT_LENGTH,
+                "the model has no max_position_embeddings; writing the fallback llama.context_length"
+            );
+            FALLBACK_CONTEXT_LENGTH as usize
+        }
+    };
+    let mut metadata: BTreeMap<String, GgufMetadataValue> = [
+        count("llama.context_length", context)?,
+        count("llama.embedding_length", args.hidden_size)?,
+        count("llama.block_count", args.num_layers)?,
+        count("llama.feed_forward_length", args.intermediate_size)?,
+        count("llama.rope.dimension_count", args.head_dim)?,
+        count("llama.attention.head_count", args.num_heads)?,
+        count("llama.attention.head_count_kv", args.num_kv_heads)?,
+        count("llama.vocab_size", args.vocab_size)?,
+    ]
+    .into_iter()
+    .collect();
+    // llama.cpp assumes hidden / heads unless told otherwise.
+    if args.head_dim * args.num_heads != args.hidden_size {
+        metadata.extend([
+            count("llama.attention.key_length", args.head_dim)?,
+            count("llama.attention.value_length", args.head_dim)?,
+        ]);
+    }
+    metadata.insert(
+        "llama.attention.layer_norm_rms_epsilon".into(),
+        GgufMetadataValue::f32(args.rms_norm_eps),
+    );
+    metadata.insert(
+        "llama.rope.freq_base".into(),
+        GgufMetadataValue::f32(args.rope_theta),
+    );
+    metadata.insert(
+        "general.architecture".into(),
+        GgufMetadataValue::string("llama"),
+    );
+    metadata.insert(
+        "general.file_type".into(),
+        GgufMetadataValue::u32(file_type),
+    );
+    Ok(metadata)
+}
+
+/// Frees an `mlx_io_gguf` handle when dropped.
+struct GgufHandle(mlx_sys::mlx_io_gguf);
+
+impl Drop for GgufHandle {
+    fn drop(&mut self) {
+        // SAFETY: the handle came from mlx_io_gguf_new and is freed once.
+        unsafe {
+            mlx_sys::mlx_io_gguf_free(self.0);
+        }
+    }
+}
+
+/// Hands tensors and metadata to MLX and writes `path`.
+fn write_with_mlx(
+    path: &Path,
+    tensors: &[(String, Array)],
+    metadata: &BTreeMap<String, GgufMetadataValue>,
+) -> Result<()> {
+    let fail = |message: String| Error::Export {
+        path: path.to_path_buf(),
+        message,
+    };
+    let c_string = |what: &str, text: &str| {
+        CString::new(text).map_err(|_| fail(format!("{what} contains a NUL byte: {text:?}")))
+    };
+    // Make sure mlx-rs's error handler (which records instead of exiting) is installed.
+    mlx_rs::ops::zeros::<f32>(&[1])?.eval()?;
+    for (key, value) in metadata {
+        if let GgufMetadataValue::Array(array) = value {
+            check_metadata_array(key, array).map_err(&fail)?;
+        }
+    }
+    let c_path = c_string("the path", &path.to_string_lossy())?;
+    // SAFETY: FFI over a handle we own (freed by GgufHandle); every pointer
+    // passed is valid for the call; statuses are checked.
+    unsafe {
+        let handle = GgufHandle(mlx_sys::mlx_io_gguf_new());
+        for (name, array) in tensors {
+            array.eval()?;
+            let c_name = c_string("a tensor name", name)?;
+            if mlx_sys::mlx_io_gguf_set_array(handle.0, c_name.as_ptr(), array.as_ptr()) != 0 {
+                return Err(fail(format!("MLX refused tensor {name}")));
+            }
+        }
+        for (key, value) in metadata {
+            let c_key = c_string("a metadata key", key)?;
+            let status = match value {
+                GgufMetadataValue::Array(array) => {
+                    array.eval()?;
+                    mlx_sys::mlx_io_gguf_set_metadata_array(
+                        handle.0,
+                        c_key.as_ptr(),
+                        array.as_ptr(),
+                    )
+                }
+                GgufMetadataValue::String(text) => {
+                    let c_text = c_string(&format!("metadata `{key}`"), text)?;
+                    mlx_sys::mlx_io_gguf_set_metadata_string(
+                        handle.0,
+                        c_key.as_ptr(),
+                        c_text.as_ptr(),
+                    )
+                }
+                GgufMetadataValue::Strings(items) => {
+                    let vector = mlx_sys::mlx_vector_string_new();
+                    let mut status = 0;
+                    for item in items {
+                        let c_item = match c_string(&format!("an item of metadata `{key}`"), item) {
+                            Ok(c_item) => c_item,
+                            Err(error) => {
+                                mlx_sys::mlx_vector_string_free(vector);
+                                return Err(error);
+                            }
+                        };
+                        status |= mlx_sys::mlx_vector_string_append_value(vector, c_item.as_ptr());
+                    }
+                    if status == 0 {
+                        status = mlx_sys::mlx_io_gguf_set_metadata_vector_string(
+                            handle.0,
+                            c_key.as_ptr(),
+                            vector,
+                        );
+                    }
+                    mlx_sys::mlx_vector_string_free(vector);
+                    status
+                }
+            };
+            if status != 0 {
+                return Err(fail(format!("MLX refused metadata `{key}`")));
+            }
+        }
+        if mlx_sys::mlx_save_gguf(c_path.as_ptr(), handle.0) != 0 {
+            return Err(fail(
+                "MLX could not write the GGUF file (is the directory writable, the disk full?)"
+                    .into(),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// What MLX's writer would throw on, reported with the key instead.
+fn check_metadata_array(key: &str, array: &Array) -> std::result::Result<(), String> {
+    if array.ndim() > 1 {
+        return Err(format!(
+            "metadata `{key}`: only scalars and 1-d lists can be written, got shape {:?}",
+            array.shape()
+        ));
+    }
+    if array.size() == 0 {
+        return Err(format!("metadata `{key}`: MLX cannot write an empty list"));
+    }
+    if matches!(
+        array.dtype(),
+        Dtype::Float16 | Dtype::Bfloat16 | Dtype::Float64 | Dtype::Complex64
+    ) {
+        return Err(format!(
+            "metadata `{key}`: dtype {:?} cannot be written (use float32)",
+            array.dtype()
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{load_model, AttentionScope, LoadOptions, NoAdapter};
+
+    fn logits(model: &Model) -> Vec<f32> {
+        let ids = Array::from_slice(&[1_i32, 20, 300, 4000, 5, 32767], &[1, 6]);
+        let out = model
+            .forward(&ids, &NoAdapter, None, AttentionScope::Causal)
+            .expect("forward");
+        out.eval().expect("eval");
+        out.as_slice::<f32>().to_vec()
+    }
+
+    fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+        assert_eq!(a.len(), b.len());
+        a.iter()
+            .zip(b)
+            .fold(0.0_f32, |m, (x, y)| m.max((x - y).abs()))
+    }
+
+    fn tiny_config(tied: bool) -> crate::config::HfConfig {
+        let mut config = crate::tiny::tiny_mistral_config();
+        config.tie_word_embeddings = tied;
+        config
+    }
+
+    fn load_tiny(root: &Path, tied: bool, seed: u64) -> Model {
+        let config = tiny_config(tied);
+        let weights = crate::tiny::random_weights(&config, seed).expect("weights");
+        crate::tiny::write_hf_dir(&root.join("src"), &config, &weights, 1).expect("write");
+        load_model(
+            root.join("src").to_str().expect("utf-8"),
+            &LoadOptions::default(),
+        )
+        .expect("load")
+    }
+
+    #[test]
+    fn float32_gguf_reloads_with_identical_logits() {
+        for tied in [false, true] {
+            let root = tempfile::tempdir().expect("tempdir");
+            let model = load_tiny(root.path(), tied, 21);
+            let path = root.path().join("out/model.gguf");
+            let options = GgufExportOptions {
+                name: Some("tiny".into()),
+                ..GgufExportOptions::default()
+            };
+            save_gguf(&model, &path, &options).expect("save");
+            assert!(!root.path().join("out/model.partial.gguf").exists());
+            let reloaded =
+                load_model(path.to_str().expect("utf-8"), &LoadOptions::default()).expect("reload");
+            assert_eq!(reloaded.args.tie_word_embeddings, tied);
+            assert_eq!(reloaded.lm_head.is_some(), !tied);
+            assert_eq!(
+                (
+                    reloaded.args.num_heads,
+                    reloaded.args.num_kv_heads,
+                    reloaded.args.head_dim
+                ),
+                (8, 2, 8)
+            );
+            assert_eq!(reloaded.args.rope_theta, model.args.rope_theta);
+            assert_eq!(reloaded.args.max_position_embeddings, Some(32768));
+            assert_eq!(logits(&model), logits(&reloaded), "tied: {tied}");
+        }
+    }
+
+    #[test]
+    fn file_layout_is_llama_cpps() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let model = load_tiny(root.path(), true, 22);
+        let path = root.path().join("model.gguf");
+        let mut options = GgufExportOptions {
+            dtype: Dtype::Float16,
+            ..GgufExportOptions::default()
+        };
+        options.metadata.insert(
+            "tokenizer.ggml.tokens".into(),
+            GgufMetadataValue::Strings(vec!["<s>".into(), "a b".into()]),
+        );
+        options.metadata.insert(
+            "tokenizer.ggml.add_bos_token".into(),
+            GgufMetadataValue::bool(true),
+        );
+        save_gguf(&model, &path, &options).expect("save");
+        let file = crate::gguf::GgufFile::open(&path).expect("open");
+        let tensors = file.tensors().expect("tensors");
+        assert!(!tensors.contains_key("output.weight"), "tied head written");
+        assert_eq!(tensors["token_embd.weight"].dtype(), Dtype::Float16);
+        assert_eq!(tensors["blk.1.attn_norm.weight"].dtype(), Dtype::Float32);
+        assert_eq!(tensors["output_norm.weight"].dtype(), Dtype::Float32);
+        assert_eq!(tensors["blk.0.attn_k.weight"].shape(), &[16, 64]);
+        // Q rows are in llama.cpp's interleaved order: undoing it gives HF's.
+        let q = &tensors["blk.0.attn_q.weight"];
+        let back = crate::gguf::llama_cpp_rows_to_hf(q, 8).expect("unpermute");
+        let hf = model.layers[0]
+            .self_attn
+            .q_proj
+            .weight
+            .dense(Dtype::Float16);
+        let hf = hf.expect("dense");
+        assert_eq!(
+            back.as_dtype(Dtype::Float32)
+                .expect("cast")
+                .as_slice::<f32>(),
+            hf.as_dtype(Dtype::Float32).expect("cast").as_slice::<f32>()
+        );
+        assert_ne!(
+            q.as_dtype(Dtype::Float32).expect("cast").as_slice::<f32>(),
+            hf.as_dtype(Dtype::Float32).expect("cast").as_slice::<f32>()
+        );
+        assert_eq!(
+            file.metadata_string("general.architecture").as_deref(),
+            Some("llama")
+        );
+        assert_eq!(file.metadata_number("general.file_type"), Some(1.0));
+        assert_eq!(file.metadata_number("llama.block_count"), Some(2.0));
+        let head_count = file
+            .metadata_array("llama.attention.head_count")
+            .expect("key");
+        assert_eq!(head_count.dtype(), Dtype::Uint32);
+        let eps = file
+            .metadata_array("llama.attention.layer_norm_rms_epsilon")
+            .expect("key");
+        assert_eq!(eps.dtype(), Dtype::Float32);
+        let add_bos = file
+            .metadata_array("tokenizer.ggml.add_bos_token")
+            .expect("key");
+        assert_eq!(add_bos.dtype(), Dtype::Bool);
+
+        // float16 weights: close to, not equal to, the float32 model.
+        let reloaded =
+            load_model(path.to_str().expect("utf-8"), &LoadOptions::default()).expect("reload");
+        let diff = max_abs_diff(&logits(&model), &logits(&reloaded));
+        assert!(diff > 0.0 && diff < 1e-2, "float16 logits differ by {diff}");
+    }
+
+    #[test]
+    fn refusals_are_typed_and_name_the_problem() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let model = crate::tiny::tiny_model(
+            23,
+            &LoadOptions {
+                quantize: Some((64, 4)),
+                ..LoadOptions::default()
+            },
+        )
+        .expect("model");
+        let path = root.path().join("q.gguf");
+        let error =
+            save_gguf(&model, &path, &GgufExportOptions::default()).expect_err("quantized refused");
+        assert!(matches!(error, Error::Export { .. }));
+        assert!(error.to_string().contains("dequantize"), "{error}");
+        assert!(!path.exists());
+
+        let dense = crate::tiny::tiny_model(23, &LoadOptions::default()).expect("model");
+        let error = save_gguf(
+            &dense,
+            &root.path().join("m.bin"),
+            &GgufExportOptions::default(),
+        )
+        .expect_err("extension");
+        assert!(error.to_string().contains(".gguf"), "{error}");
+        let bf16 = GgufExportOptions {
+            dtype: Dtype::Bfloat16,
+            ..GgufExportOptions::default()
+        };
+        let error = save_gguf(&dense, &path, &bf16).expect_err("bfloat16");
+        assert!(error.to_string().contains("float16 or float32"), "{error}");
+        let mut clash = GgufExportOptions::default();
+        clash
+            .metadata
+            .insert("llama.block_count".into(), GgufMetadataValue::u32(3));
+        let error = save_gguf(&dense, &path, &clash).expect_err("derived key");
+        assert!(error.to_string().contains("llama.block_count"), "{error}");
+        let mut empty = GgufExportOptions::default();
+        empty.metadata.insert(
+            "tokenizer.ggml.scores".into(),
+            GgufMetadataValue::Array(Array::from_slice::<f32>(&[], &[0])),
+        );
+        let error = save_gguf(&dense, &path, &empty).expect_err("empty list");
+        assert!(
+            error.to_string().contains("tokenizer.ggml.scores"),
+            "{error}"
+        );
+        assert!(!path.exists());
+    }
+
+    #[test]
+    fn permutation_round_trips() {
+        let rows = Array::from_slice(&(0..48).map(|v| v as f32).collect::<Vec<_>>(), &[12, 4]);
+        let there = hf_rows_to_llama_cpp(&rows, 3).expect("permute");
+        let back = crate::gguf::llama_cpp_rows_to_hf(&there, 3).expect("unpermute");
+        assert_eq!(back.as_slice::<f32>(), rows.as_slice::<f32>());
+        // Head 0, HF rows [0 1 | 2 3] -> llama.cpp [0 2 1 3].
+        let first_column: Vec<f32> = there.as_slice::<f32>().iter().step_by(4).copied().collect();
+        assert_eq!(&first_column[..4], &[0.0, 8.0, 4.0, 12.0]);
+        assert!(hf_rows_to_llama_cpp(&rows, 5).is_err());
+    }
+}
