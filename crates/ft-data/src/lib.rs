@@ -18,6 +18,7 @@ pub mod encode;
 pub mod error;
 pub mod format;
 pub mod gguf;
+pub mod gguf_vocab;
 pub mod jsonl;
 pub mod render;
 pub mod stats;
@@ -38,6 +39,7 @@ pub use encode::{
 pub use error::{DataError, Result};
 pub use format::{Example, Format, Message, Role};
 pub use gguf::{GgufMetadata, GgufValue};
+pub use gguf_vocab::tokenizer_gguf_metadata;
 pub use jsonl::{parse_jsonl, read_jsonl, ParsedFile, Source, SourceExample};
 pub use render::{render_example, RenderedExample};
 pub use stats::{estimate_epoch, DataStats, EpochEstimate, LengthBucket};
