@@ -1,18 +1,56 @@
 //! `ft fuse` (adapter merged into the base weights, saved as a model) and
 //! `ft export` (an adapter rewritten in mlx-lm or PEFT format).
 
-use crate::common::{load_for_inference, lora_failure, model_failure};
+use crate::common::{data_failure, load_for_inference, lora_failure, model_failure};
 use crate::Failure;
 use anyhow::anyhow;
+use ft_data::GgufValue;
 use ft_lora::{AdapterFormat, LoraAdapters};
-use ft_model::ExportOptions;
-use std::path::PathBuf;
+use ft_model::{ExportOptions, GgufExportOptions, GgufMetadataValue};
+use mlx_rs::{Array, Dtype};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 
 /// Output format of `ft fuse`.
-#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum ModelFormat {
     /// A Hugging Face safetensors directory with config.json and tokenizer files.
     Hf,
+    /// One llama.cpp GGUF file (float32 or float16 weights, tokenizer and
+    /// chat template in its metadata); implies --dequantize.
+    Gguf,
+}
+
+/// dtype of the fused weights `ft fuse` writes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum FuseDtype {
+    /// 32-bit float: exactly the fused weights.
+    Float32,
+    /// IEEE half precision: half the size (GGUF `F16`).
+    Float16,
+    /// bfloat16 (HF format only).
+    Bfloat16,
+}
+
+impl FuseDtype {
+    fn dtype(self) -> Dtype {
+        match self {
+            Self::Float32 => Dtype::Float32,
+            Self::Float16 => Dtype::Float16,
+            Self::Bfloat16 => Dtype::Bfloat16,
+        }
+    }
+
+    /// Largest logit difference `ft fuse` accepts between the reloaded
+    /// model and base + adapter: rounding to 16 bits moves logits by a few
+    /// hundredths on the default model, a wrong layout by whole units.
+    fn tolerance(self) -> f32 {
+        match self {
+            Self::Float32 => 1e-3,
+            Self::Float16 => 0.1,
+            Self::Bfloat16 => 0.5,
+        }
+    }
 }
 
 /// Arguments of `ft fuse`.
@@ -24,15 +62,20 @@ pub struct FuseArgs {
     /// The adapter directory.
     #[arg(long)]
     adapter: PathBuf,
-    /// Output directory (must not exist, or be empty).
+    /// Output directory (must not exist, or be empty); with --format gguf
+    /// a path ending in .gguf names the file itself (else DIR/model.gguf).
     #[arg(long)]
     out: PathBuf,
-    /// Write dense weights even where the base was quantized.
+    /// Write dense weights even where the base was quantized (implied by --format gguf).
     #[arg(long)]
     dequantize: bool,
     /// Output format.
     #[arg(long, value_enum, default_value = "hf")]
     format: ModelFormat,
+    /// dtype of the written weights (default: float32, the fused weights as
+    /// computed). GGUF takes float32 or float16; its norms stay float32.
+    #[arg(long, value_enum)]
+    dtype: Option<FuseDtype>,
     /// Skip reloading the fused model to check its logits against base + adapter.
     #[arg(long)]
     no_verify: bool,
@@ -76,39 +119,98 @@ fn verify_fused(
     Ok(diff.as_slice::<f32>().first().copied().unwrap_or(f32::NAN))
 }
 
+/// Where `ft fuse` writes: the output directory, or the GGUF file.
+fn output_path(args: &FuseArgs) -> Result<PathBuf, Failure> {
+    let names_file = args
+        .out
+        .extension()
+        .is_some_and(|ext| ext.eq_ignore_ascii_case("gguf"));
+    match args.format {
+        ModelFormat::Hf if names_file => Err(Failure::User(anyhow!(
+            "--out {} names a .gguf file: add --format gguf, or give a directory for the HF format",
+            args.out.display()
+        ))),
+        ModelFormat::Hf => {
+            ensure_empty(&args.out)?;
+            Ok(args.out.clone())
+        }
+        ModelFormat::Gguf if names_file => {
+            if args.out.exists() {
+                return Err(Failure::User(anyhow!(
+                    "{} exists: choose a new file name",
+                    args.out.display()
+                )));
+            }
+            Ok(args.out.clone())
+        }
+        ModelFormat::Gguf => {
+            ensure_empty(&args.out)?;
+            Ok(args.out.join("model.gguf"))
+        }
+    }
+}
+
 /// Runs `ft fuse`.
 pub fn run_fuse(args: &FuseArgs) -> Result<(), Failure> {
-    ensure_empty(&args.out)?;
+    let dtype = args.dtype.unwrap_or(FuseDtype::Float32);
+    if args.format == ModelFormat::Gguf && dtype == FuseDtype::Bfloat16 {
+        return Err(Failure::User(anyhow!(
+            "--dtype bfloat16: GGUF weights are written as float32 or float16 (--dtype float32|float16)"
+        )));
+    }
+    let out = output_path(args)?;
+    // GGUF holds dense weights only: quantized bases are always written dequantized.
+    let dequantize = args.dequantize || args.format == ModelFormat::Gguf;
+    if args.format == ModelFormat::Gguf && !args.dequantize && base_is_quantized(&args.model) {
+        eprintln!(
+            "note: {} is quantized; the GGUF file holds {} weights (--format gguf implies --dequantize; \
+             llama.cpp's llama-quantize makes a quantized file from it)",
+            args.model,
+            format!("{dtype:?}").to_lowercase()
+        );
+    }
     let loaded = load_for_inference(&args.model, Some(&args.adapter))?;
     let adapters = loaded
         .adapters
         .as_ref()
         .ok_or_else(|| Failure::Internal(anyhow!("adapter not loaded")))?;
-    let fused = ft_lora::fuse(&loaded.model, adapters, !args.dequantize).map_err(lora_failure)?;
+    let fused = ft_lora::fuse(&loaded.model, adapters, !dequantize).map_err(lora_failure)?;
     match args.format {
         ModelFormat::Hf => {
             ft_model::save_hf_dir(
                 &fused,
-                &args.out,
+                &out,
                 &ExportOptions {
-                    dequantize: args.dequantize,
+                    dequantize,
+                    dtype: args.dtype.map(FuseDtype::dtype),
                     ..ExportOptions::default()
                 },
             )
             .map_err(model_failure)?;
-            crate::convert::write_tokenizer_files(&args.model, &args.out, &fused.args)?;
+            crate::convert::write_tokenizer_files(&args.model, &out, &fused.args)?;
+        }
+        ModelFormat::Gguf => {
+            let source = ft_model::ModelSource::resolve(&args.model).map_err(model_failure)?;
+            let tokenizer =
+                ft_data::tokenizer_gguf_metadata(source.path()).map_err(data_failure)?;
+            let options = GgufExportOptions {
+                dtype: dtype.dtype(),
+                name: Some(fused_name(&args.model)),
+                metadata: mlx_metadata(&tokenizer)?,
+            };
+            ft_model::save_gguf(&fused, &out, &options).map_err(model_failure)?;
         }
     }
     println!(
         "fused {} into {} -> {}",
         args.adapter.display(),
         args.model,
-        args.out.display()
+        out.display()
     );
     if !args.no_verify {
-        let diff = verify_fused(&loaded, adapters, &args.out)?;
+        let diff = verify_fused(&loaded, adapters, &out)?;
         // Re-quantizing a quantized base moves weights by up to half a step.
-        let tolerance = if args.dequantize { 1e-3 } else { 0.5 };
+        let tolerance = if dequantize { dtype.tolerance() } else { 0.5 };
         println!("verified: reloaded fused logits vs base + adapter, max abs diff {diff:.2e}");
         if diff.is_nan() || diff > tolerance {
             return Err(Failure::Internal(anyhow!(
@@ -117,6 +219,107 @@ pub fn run_fuse(args: &FuseArgs) -> Result<(), Failure> {
         }
     }
     Ok(())
+}
+
+/// `general.name` of a fused GGUF: the base model's file or directory name.
+fn fused_name(model: &str) -> String {
+    let stem = Path::new(model)
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| model.to_string());
+    format!("{stem}-fused")
+}
+
+/// Whether the base's weights are stored quantized (GGUF `general.file_type`
+/// other than F32/F16, or `quantization` in config.json); unknown is no.
+fn base_is_quantized(model: &str) -> bool {
+    match ft_model::ModelSource::resolve(model) {
+        Ok(ft_model::ModelSource::Gguf(path)) => ft_data::GgufMetadata::read_file(&path)
+            .ok()
+            .and_then(|meta| meta.get("general.file_type").and_then(GgufValue::as_u64))
+            .is_some_and(|file_type| file_type > 1),
+        Ok(ft_model::ModelSource::Directory(dir)) => {
+            std::fs::read_to_string(dir.join("config.json"))
+                .map(|text| text.contains("\"quantization\""))
+                .unwrap_or(false)
+        }
+        Err(_) => false,
+    }
+}
+
+/// GGUF metadata as read by ft-data, in the shapes MLX's writer takes.
+/// Empty numeric lists are left out (MLX cannot write them); float64
+/// becomes float32 (MLX writes no float64).
+fn mlx_metadata(
+    kv: &BTreeMap<String, GgufValue>,
+) -> Result<BTreeMap<String, GgufMetadataValue>, Failure> {
+    let mut out = BTreeMap::new();
+    for (key, value) in kv {
+        let converted = match value {
+            GgufValue::String(text) => Some(GgufMetadataValue::String(text.clone())),
+            GgufValue::Array(items) if items.iter().all(|i| i.as_str().is_some()) => {
+                Some(GgufMetadataValue::Strings(
+                    items
+                        .iter()
+                        .filter_map(|i| i.as_str().map(str::to_string))
+                        .collect(),
+                ))
+            }
+            GgufValue::Array(items) => numbers(items).map(GgufMetadataValue::Array),
+            scalar => numbers(std::slice::from_ref(scalar))
+                .map(|array| array.reshape(&[]))
+                .transpose()
+                .map_err(|error| Failure::Internal(error.into()))?
+                .map(GgufMetadataValue::Array),
+        };
+        match converted {
+            Some(value) => {
+                out.insert(key.clone(), value);
+            }
+            None => tracing::warn!(key = %key, "GGUF metadata value not writable by MLX; left out"),
+        }
+    }
+    Ok(out)
+}
+
+/// A 1-d MLX array of homogeneous GGUF numbers or bools (`None`: empty,
+/// mixed or nested).
+fn numbers(items: &[GgufValue]) -> Option<Array> {
+    macro_rules! collect {
+        ($variant:ident, $ty:ty) => {{
+            let values: Option<Vec<$ty>> = items
+                .iter()
+                .map(|item| match item {
+                    GgufValue::$variant(v) => Some(<$ty>::from(*v)),
+                    _ => None,
+                })
+                .collect();
+            values.map(|v| Array::from_slice(&v, &[v.len() as i32]))
+        }};
+    }
+    match items.first()? {
+        GgufValue::U8(_) => collect!(U8, u8),
+        GgufValue::I8(_) => collect!(I8, i8),
+        GgufValue::U16(_) => collect!(U16, u16),
+        GgufValue::I16(_) => collect!(I16, i16),
+        GgufValue::U32(_) => collect!(U32, u32),
+        GgufValue::I32(_) => collect!(I32, i32),
+        GgufValue::U64(_) => collect!(U64, u64),
+        GgufValue::I64(_) => collect!(I64, i64),
+        GgufValue::F32(_) => collect!(F32, f32),
+        GgufValue::Bool(_) => collect!(Bool, bool),
+        GgufValue::F64(_) => {
+            let values: Option<Vec<f32>> = items
+                .iter()
+                .map(|item| match item {
+                    GgufValue::F64(v) => Some(*v as f32),
+                    _ => None,
+                })
+                .collect();
+            values.map(|v| Array::from_slice(&v, &[v.len() as i32]))
+        }
+        _ => None,
+    }
 }
 
 /// Adapter file formats of `ft export`.
