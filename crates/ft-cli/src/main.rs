@@ -8,6 +8,7 @@ mod common;
 mod config_cmd;
 mod convert;
 mod data;
+mod distributed;
 mod doctor;
 mod estimate;
 mod eval;
@@ -77,6 +78,10 @@ enum Command {
     ///
     /// Example: `ft data validate train.jsonl --model smollm2-135m-instruct`
     Data(data::Args),
+    /// Start every rank of a data-parallel run on this machine (loopback).
+    ///
+    /// Example: `ft launch --ranks 2 -- train --config configs/quickstart.toml`
+    Launch(distributed::LaunchArgs),
     /// Show the effective configuration with where each value came from, or
     /// the configuration reference.
     ///
@@ -124,6 +129,7 @@ fn main() -> ExitCode {
         Command::Convert(args) => convert::run(&args),
         Command::BenchGenerate(args) => bench::run(&args),
         Command::Data(args) => data::run(&args),
+        Command::Launch(args) => distributed::launch(&args),
         Command::Config(args) => config_cmd::run(&args),
     };
     match outcome {

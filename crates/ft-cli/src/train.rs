@@ -21,6 +21,8 @@ pub struct Args {
     /// No progress bar (log lines only).
     #[arg(long)]
     no_progress: bool,
+    #[command(flatten)]
+    distributed: crate::distributed::DistributedArgs,
 }
 
 impl Args {
@@ -35,10 +37,14 @@ impl Args {
 struct Progress {
     bar: ProgressBar,
     interrupted: Arc<AtomicBool>,
+    watchdog: Option<crate::distributed::Watchdog>,
 }
 
 impl Callbacks for Progress {
     fn on_step(&mut self, m: &StepMetrics) -> Control {
+        if let Some(watchdog) = &self.watchdog {
+            watchdog.alive();
+        }
         self.bar.set_position(m.step);
         let skipped = if m.skipped {
             " (skipped: not finite)"
@@ -71,6 +77,9 @@ impl Callbacks for Progress {
     }
 
     fn on_eval(&mut self, m: &EvalMetrics) -> Control {
+        if let Some(watchdog) = &self.watchdog {
+            watchdog.alive();
+        }
         let mark = if m.improved { " (best)" } else { "" };
         let line = format!(
             "step {:>5}: validation loss {:.4}, perplexity {:.2}{mark}",
@@ -105,6 +114,11 @@ pub fn run(args: &Args) -> Result<(), Failure> {
     let started = Instant::now();
     eprintln!("loading {} and the data...", config.model.path);
     let mut trainer = Trainer::new(config).map_err(train_failure)?;
+    let watchdog = crate::distributed::join(&args.distributed, &mut trainer)?;
+    let (rank, ranks) = trainer.rank();
+    if rank > 0 {
+        return follow(trainer, watchdog);
+    }
     let info = trainer.info();
     let config = trainer.config().clone();
     let stats = &trainer.train_set().stats;
@@ -143,6 +157,13 @@ pub fn run(args: &Args) -> Result<(), Failure> {
     if info.start_step > 0 {
         println!("  resumed    at step {}", info.start_step);
     }
+    if ranks > 1 {
+        println!(
+            "  ranks      {ranks} (data-parallel: {} of the {} rows of each batch on this rank)",
+            ft_trainer::parallel::shard_range(config.training.batch_size as usize, 0, ranks).len(),
+            config.training.batch_size
+        );
+    }
     println!("  run dir    {}", info.run_dir.display());
 
     let interrupted = Arc::new(AtomicBool::new(false));
@@ -167,7 +188,11 @@ pub fn run(args: &Args) -> Result<(), Failure> {
         .map_err(|error| Failure::Internal(error.into()))?,
     );
     bar.set_position(info.start_step);
-    let mut progress = Progress { bar, interrupted };
+    let mut progress = Progress {
+        bar,
+        interrupted,
+        watchdog,
+    };
     let outcome = trainer.train(&mut progress);
     progress.bar.finish_and_clear();
     let metrics_path = info.run_dir.join(&config.logging.metrics_file);
@@ -218,6 +243,34 @@ pub fn run(args: &Args) -> Result<(), Failure> {
             info.run_dir.display()
         );
     }
+    Ok(())
+}
+
+/// A rank other than 0 of a data-parallel run: trains its share quietly
+/// (rank 0 shows progress and writes the run directory).
+fn follow(
+    mut trainer: Trainer,
+    watchdog: Option<crate::distributed::Watchdog>,
+) -> Result<(), Failure> {
+    let (rank, ranks) = trainer.rank();
+    let interrupted = Arc::new(AtomicBool::new(false));
+    let flag = interrupted.clone();
+    ctrlc::set_handler(move || {
+        if flag.swap(true, Ordering::SeqCst) {
+            std::process::exit(130);
+        }
+    })
+    .map_err(|error| Failure::Internal(anyhow!("cannot install the signal handler: {error}")))?;
+    let mut progress = Progress {
+        bar: ProgressBar::hidden(),
+        interrupted,
+        watchdog,
+    };
+    let summary = trainer.train(&mut progress).map_err(train_failure)?;
+    eprintln!(
+        "rank {rank} of {ranks}: {} steps done; rank 0 wrote the run directory",
+        summary.steps
+    );
     Ok(())
 }
 

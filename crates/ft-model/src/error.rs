@@ -56,6 +56,9 @@ pub enum Error {
     /// A generation or forward request that cannot be served.
     #[error("{0}")]
     InvalidRequest(String),
+    /// Joining or using a distributed group failed.
+    #[error("distributed: {0}")]
+    Distributed(String),
     /// A runtime self-check produced a wrong number.
     #[error("{check}: expected {expected}, got {got}")]
     CheckFailed {

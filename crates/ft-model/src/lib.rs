@@ -2,13 +2,15 @@
 //!
 //! Owns tensors: the Mistral/Llama decoder architectures, their weights and
 //! quantization, the forward pass and decoding (token ids in, token ids and
-//! logits out), and checks of the MLX runtime underneath (`runtime`).
+//! logits out), and checks of the MLX runtime underneath (`runtime`), and the MLX
+//! distributed group that data-parallel training reduces over (`distributed`).
 //!
 //! It must not know about text (tokenizers, chat templates: `ft-data`),
 //! adapters (`ft-lora`, which plugs in through [`LinearAdapter`]) or
 //! training (`ft-trainer`).
 
 pub mod config;
+pub mod distributed;
 pub mod error;
 pub mod export;
 pub mod export_gguf;

@@ -2,9 +2,13 @@
 //!
 //! A checkpoint is a directory `checkpoints/step-000050/` holding the
 //! adapter (mlx-lm format), the optimizer state, `trainer_state.json` and
-//! the effective configuration. It is written under a temporary name and
-//! renamed into place, so a crash leaves either the old set of checkpoints
-//! or the new one, never a half-written checkpoint under a real name.
+//! the effective configuration. It is written under a temporary name
+//! (`.step-000050.partial`), synced, and renamed into place, so a crash
+//! leaves either the old set of checkpoints or the new one, never a
+//! half-written checkpoint under a real name; hidden leftovers are ignored
+//! by [`list`] and cleaned by the next [`save`] or [`resolve`]. Before
+//! writing, the free space is checked against the checkpoint's size
+//! ([`TrainError::DiskFull`]).
 
 use crate::error::io_error;
 use crate::{Result, TrainError};
@@ -45,6 +49,11 @@ pub fn checkpoints_dir(run_dir: &Path) -> PathBuf {
     run_dir.join("checkpoints")
 }
 
+/// The directory of the checkpoint of `step` in a run directory.
+pub fn step_dir(run_dir: &Path, step: u64) -> PathBuf {
+    checkpoints_dir(run_dir).join(format!("step-{step:06}"))
+}
+
 /// Writes a checkpoint for `state.step` and removes all but the newest
 /// `keep_last` (0 keeps all). Returns its directory.
 pub fn save(
@@ -58,22 +67,35 @@ pub fn save(
 ) -> Result<PathBuf> {
     let root = checkpoints_dir(run_dir);
     std::fs::create_dir_all(&root).map_err(io_error(&root))?;
-    let name = format!("step-{:06}", state.step);
-    let final_dir = root.join(&name);
+    let final_dir = step_dir(run_dir, state.step);
+    let name = final_dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let temp_dir = root.join(format!(".{name}.partial"));
-    if temp_dir.exists() {
-        std::fs::remove_dir_all(&temp_dir).map_err(io_error(&temp_dir))?;
+    tidy(&root);
+    let needed = checkpoint_bytes(adapters, optimizer, config_toml);
+    crate::disk::ensure_space(&root, &final_dir, needed)?;
+    let written = write_contents(
+        &temp_dir,
+        state,
+        adapters,
+        optimizer,
+        config_toml,
+        base_model,
+    );
+    if let Err(error) = written {
+        // Measured before the partial files go, as the failed write saw it.
+        let available = crate::disk::available_bytes(&root);
+        let _ = std::fs::remove_dir_all(&temp_dir);
+        return Err(crate::disk::classify_write_failure(
+            error, &final_dir, needed, available,
+        ));
     }
-    std::fs::create_dir_all(&temp_dir).map_err(io_error(&temp_dir))?;
-    adapters.save(&temp_dir.join(ADAPTER_DIR), AdapterFormat::Mlx, base_model)?;
-    optimizer.save(&temp_dir.join(OPTIMIZER_FILE))?;
-    write_synced(&temp_dir.join(CONFIG_FILE), config_toml.as_bytes())?;
-    let state_json = serde_json::to_string_pretty(state).unwrap_or_default();
-    // The state file goes last: a directory with it is complete.
-    write_synced(&temp_dir.join(STATE_FILE), state_json.as_bytes())?;
-    sync_tree(&temp_dir)?;
     if final_dir.exists() {
-        // Re-saving the same step (e.g. a stop right after a periodic save).
+        // Re-saving the same step (e.g. resumed from an older checkpoint):
+        // a crash between these renames leaves `.{name}.stale`, which
+        // `tidy` puts back.
         let stale = root.join(format!(".{name}.stale"));
         std::fs::rename(&final_dir, &stale).map_err(io_error(&final_dir))?;
         std::fs::rename(&temp_dir, &final_dir).map_err(io_error(&final_dir))?;
@@ -85,10 +107,148 @@ pub fn save(
     if keep_last > 0 {
         let all = list(run_dir)?;
         for old in all.iter().rev().skip(keep_last) {
-            std::fs::remove_dir_all(old).map_err(io_error(old))?;
+            retire(old)?;
         }
     }
     Ok(final_dir)
+}
+
+/// Writes the files of a checkpoint into `dir` (created afresh) and syncs them.
+fn write_contents(
+    dir: &Path,
+    state: &TrainerState,
+    adapters: &LoraAdapters,
+    optimizer: &Optimizer,
+    config_toml: &str,
+    base_model: &str,
+) -> Result<()> {
+    if dir.exists() {
+        std::fs::remove_dir_all(dir).map_err(io_error(dir))?;
+    }
+    std::fs::create_dir_all(dir).map_err(io_error(dir))?;
+    adapters.save(&dir.join(ADAPTER_DIR), AdapterFormat::Mlx, base_model)?;
+    optimizer.save(&dir.join(OPTIMIZER_FILE))?;
+    write_synced(&dir.join(CONFIG_FILE), config_toml.as_bytes())?;
+    let state_json = serde_json::to_string_pretty(state).unwrap_or_default();
+    // The state file goes last: a directory with it is complete.
+    write_synced(&dir.join(STATE_FILE), state_json.as_bytes())?;
+    sync_tree(dir)
+}
+
+/// Bytes a checkpoint of these adapters and optimizer state takes on disk
+/// (arrays plus headers, small files and block rounding).
+pub fn checkpoint_bytes(adapters: &LoraAdapters, optimizer: &Optimizer, config_toml: &str) -> u64 {
+    let optimizer_bytes: u64 = optimizer.state_arrays().map(|a| a.nbytes() as u64).sum();
+    adapters.size_bytes() + optimizer_bytes + config_toml.len() as u64 + crate::disk::OVERHEAD_BYTES
+}
+
+/// Removes an old checkpoint: renamed out of the `step-*` names first, so a
+/// crash half-way through the removal never leaves a `step-*` directory
+/// that looks complete but lacks files.
+fn retire(dir: &Path) -> Result<()> {
+    let name = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let doomed = dir.with_file_name(format!(".{name}.deleting"));
+    std::fs::rename(dir, &doomed).map_err(io_error(dir))?;
+    std::fs::remove_dir_all(&doomed).map_err(io_error(&doomed))
+}
+
+/// Cleans what interrupted writes left in a checkpoints directory: a
+/// checkpoint swapped out by a re-save (`.step-N.stale`, complete) goes back
+/// under its name when that name is free; partial, stale and half-deleted
+/// directories are removed. Best effort: a failure only leaves a hidden
+/// directory that [`list`] ignores.
+fn tidy(root: &Path) {
+    let Ok(entries) = std::fs::read_dir(root) else {
+        return;
+    };
+    let mut leftovers: Vec<PathBuf> = entries
+        .flatten()
+        .map(|entry| entry.path())
+        .filter(|path| {
+            path.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with(".step-"))
+        })
+        .collect();
+    leftovers.sort();
+    for path in leftovers {
+        let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+            continue;
+        };
+        if let Some(step) = name
+            .strip_prefix('.')
+            .and_then(|n| n.strip_suffix(".stale"))
+        {
+            let home = root.join(step);
+            if !home.exists() && path.join(STATE_FILE).is_file() {
+                if std::fs::rename(&path, &home).is_ok() {
+                    sync_dir(root);
+                    tracing::warn!(checkpoint = %home.display(), "restored a checkpoint an interrupted re-save had moved aside");
+                }
+                continue;
+            }
+        }
+        if let Err(error) = std::fs::remove_dir_all(&path) {
+            tracing::warn!(path = %path.display(), %error, "cannot remove what an interrupted write left");
+        }
+    }
+}
+
+/// Writes a run's adapter directory (`adapter/`, `best-adapter/`) so that
+/// a crash leaves either the previous adapter or the new one: the files go
+/// to `.NAME.partial` next to it, are synced, and replace it by renames.
+/// Refuses with [`TrainError::DiskFull`] when the disk cannot hold it.
+pub fn save_adapter(adapters: &LoraAdapters, dir: &Path, base_model: &str) -> Result<()> {
+    let parent = dir.parent().unwrap_or(Path::new("."));
+    let name = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "adapter".into());
+    std::fs::create_dir_all(parent).map_err(io_error(parent))?;
+    let temp = parent.join(format!(".{name}.partial"));
+    let old = parent.join(format!(".{name}.old"));
+    for leftover in [&temp, &old] {
+        if leftover.exists() {
+            std::fs::remove_dir_all(leftover).map_err(io_error(leftover))?;
+        }
+    }
+    let needed = adapters.size_bytes() + crate::disk::OVERHEAD_BYTES;
+    crate::disk::ensure_space(parent, dir, needed)?;
+    let written = adapters
+        .save(&temp, AdapterFormat::Mlx, base_model)
+        .map_err(TrainError::from)
+        .and_then(|()| sync_tree(&temp));
+    if let Err(error) = written {
+        let available = crate::disk::available_bytes(parent);
+        let _ = std::fs::remove_dir_all(&temp);
+        return Err(crate::disk::classify_write_failure(
+            error, dir, needed, available,
+        ));
+    }
+    if dir.exists() {
+        std::fs::rename(dir, &old).map_err(io_error(dir))?;
+        std::fs::rename(&temp, dir).map_err(io_error(dir))?;
+        std::fs::remove_dir_all(&old).map_err(io_error(&old))?;
+    } else {
+        std::fs::rename(&temp, dir).map_err(io_error(dir))?;
+    }
+    sync_dir(parent);
+    Ok(())
+}
+
+/// Puts back an adapter directory that a crash between the two renames of
+/// [`save_adapter`] left as `.NAME.old`.
+fn restore_adapter(dir: &Path) {
+    let (Some(parent), Some(name)) = (dir.parent(), dir.file_name()) else {
+        return;
+    };
+    let old = parent.join(format!(".{}.old", name.to_string_lossy()));
+    if !dir.exists() && old.is_dir() && std::fs::rename(&old, dir).is_ok() {
+        sync_dir(parent);
+    }
 }
 
 /// Complete checkpoints of a run, oldest first.
@@ -118,6 +278,11 @@ pub fn list(run_dir: &Path) -> Result<Vec<PathBuf>> {
 pub fn resolve(path: &Path) -> Result<PathBuf> {
     if path.join(STATE_FILE).is_file() {
         return Ok(path.to_path_buf());
+    }
+    // A run directory: first undo what a crash may have left half-done.
+    tidy(&checkpoints_dir(path));
+    for adapter in [ADAPTER_DIR, "best-adapter"] {
+        restore_adapter(&path.join(adapter));
     }
     list(path)?.pop().ok_or_else(|| TrainError::Checkpoint {
         path: path.to_path_buf(),

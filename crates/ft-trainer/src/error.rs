@@ -31,6 +31,17 @@ pub enum TrainError {
         /// The cause.
         source: std::io::Error,
     },
+    /// The disk of the run directory is full, or too full for the next write
+    /// (checked with the size of a checkpoint before writing it).
+    #[error("{}", crate::disk::disk_full_message(path, *needed, *available))]
+    DiskFull {
+        /// The file or checkpoint directory that could not be written.
+        path: PathBuf,
+        /// Bytes the write needs, when known.
+        needed: Option<u64>,
+        /// Bytes free on that disk when the write failed, when known.
+        available: Option<u64>,
+    },
     /// A checkpoint is missing, incomplete or from another run.
     #[error("checkpoint {path}: {message}")]
     Checkpoint {
@@ -55,6 +66,9 @@ pub enum TrainError {
         /// The newest checkpoint on disk.
         last_checkpoint: Option<PathBuf>,
     },
+    /// A data-parallel run could not start or lost a rank.
+    #[error("distributed run: {0}")]
+    Distributed(String),
 }
 
 impl TrainError {
@@ -71,7 +85,13 @@ impl TrainError {
 
 pub(crate) fn io_error(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> TrainError {
     let path = path.into();
-    move |source| TrainError::Io { path, source }
+    move |source| {
+        if crate::disk::is_out_of_space(&source) {
+            crate::disk::disk_full(path, None)
+        } else {
+            TrainError::Io { path, source }
+        }
+    }
 }
 
 /// Result of this crate.

@@ -19,6 +19,7 @@
 
 pub mod checkpoint;
 pub mod data_options;
+pub mod disk;
 pub mod error;
 pub mod loss;
 pub mod memory;

@@ -14,11 +14,14 @@ pub struct StepMetrics {
     pub step: u64,
     /// Steps in the run.
     pub total_steps: u64,
-    /// Mean training loss over the step's target tokens.
+    /// Mean training loss over the step's target tokens (NaN or infinite
+    /// on a skipped step: written as `null`, read back as NaN).
+    #[serde(deserialize_with = "nan_if_null")]
     pub loss: f64,
     /// Learning rate used for the update.
     pub lr: f64,
-    /// Global gradient norm before clipping.
+    /// Global gradient norm before clipping (`null` in the file when not finite).
+    #[serde(deserialize_with = "nan_if_null")]
     pub grad_norm: f64,
     /// Loss targets in the step.
     pub target_tokens: u64,
@@ -46,8 +49,10 @@ pub struct EvalMetrics {
     /// Optimizer steps completed when it ran.
     pub step: u64,
     /// Mean cross-entropy per target token (no label smoothing).
+    #[serde(deserialize_with = "nan_if_null")]
     pub loss: f64,
     /// `exp(loss)`.
+    #[serde(deserialize_with = "nan_if_null")]
     pub perplexity: f64,
     /// Target tokens evaluated.
     pub target_tokens: u64,
@@ -124,7 +129,7 @@ impl MetricsFile {
             if !text.is_empty() {
                 text.push('\n');
             }
-            std::fs::write(path, text).map_err(io_error(path))?;
+            replace_file(path, text.as_bytes())?;
         } else if path.exists() {
             std::fs::remove_file(path).map_err(io_error(path))?;
         }
@@ -139,11 +144,45 @@ impl MetricsFile {
         })
     }
 
-    /// Appends one record.
+    /// Appends one record (one `write` of the whole line, so a crash cuts
+    /// at most the last line short, which [`read_metrics`] skips).
     pub fn append(&mut self, record: &MetricsRecord) -> Result<()> {
-        let line = serde_json::to_string(record).unwrap_or_default();
-        writeln!(self.file, "{line}").map_err(io_error(&self.path))
+        let mut line = serde_json::to_string(record).unwrap_or_default();
+        line.push('\n');
+        self.file.write_all(line.as_bytes()).map_err(|source| {
+            if crate::disk::is_out_of_space(&source) {
+                crate::disk::disk_full(&self.path, Some(line.len() as u64))
+            } else {
+                io_error(&self.path)(source)
+            }
+        })
     }
+}
+
+/// Replaces `path` with `bytes` through a synced temporary file and a
+/// rename, so a crash leaves the old file or the new one, not a cut one.
+fn replace_file(path: &Path, bytes: &[u8]) -> Result<()> {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let temp = path.with_file_name(format!(".{name}.partial"));
+    let written = std::fs::File::create(&temp).and_then(|mut file| {
+        file.write_all(bytes)?;
+        file.sync_all()
+    });
+    if let Err(source) = written {
+        let _ = std::fs::remove_file(&temp);
+        return Err(io_error(path)(source));
+    }
+    std::fs::rename(&temp, path).map_err(io_error(path))
+}
+
+/// Reads a float that JSON stores as `null` when it is NaN or infinite.
+fn nan_if_null<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> std::result::Result<f64, D::Error> {
+    Ok(Option::<f64>::deserialize(deserializer)?.unwrap_or(f64::NAN))
 }
 
 /// Reads `metrics.jsonl` (missing file: no records; unreadable lines are skipped
@@ -156,5 +195,68 @@ pub fn read_metrics(path: &Path) -> Result<Vec<MetricsRecord>> {
             .collect()),
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
         Err(error) => Err(io_error(path)(error)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn step(step: u64, loss: f64) -> MetricsRecord {
+        MetricsRecord::Train(StepMetrics {
+            step,
+            total_steps: 9,
+            loss,
+            lr: 1e-3,
+            grad_norm: loss,
+            target_tokens: 4,
+            real_tokens: 8,
+            tokens_per_second: 1.0,
+            peak_memory_bytes: 0,
+            active_memory_bytes: 0,
+            elapsed_seconds: 0.0,
+            epoch: 0,
+            skipped: !loss.is_finite(),
+        })
+    }
+
+    #[test]
+    fn a_skipped_step_with_a_nan_loss_reads_back() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("metrics.jsonl");
+        let mut file = MetricsFile::open(&path, None).expect("open");
+        file.append(&step(1, 0.5)).expect("append");
+        file.append(&step(2, f64::NAN)).expect("append");
+        let records = read_metrics(&path).expect("read");
+        assert_eq!(records.len(), 2);
+        let MetricsRecord::Train(skipped) = &records[1] else {
+            panic!("a train record");
+        };
+        assert!(skipped.skipped && skipped.loss.is_nan() && skipped.grad_norm.is_nan());
+    }
+
+    #[test]
+    fn resuming_drops_later_records_and_a_line_a_crash_cut_short() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("metrics.jsonl");
+        let mut file = MetricsFile::open(&path, None).expect("open");
+        for n in 1..=4 {
+            file.append(&step(n, 0.5)).expect("append");
+        }
+        drop(file);
+        let mut text = std::fs::read_to_string(&path).expect("read");
+        text.push_str(r#"{"kind":"train","step":5,"total_st"#);
+        std::fs::write(&path, text).expect("cut line");
+        let mut file = MetricsFile::open(&path, Some(3)).expect("resume");
+        file.append(&step(4, 0.25)).expect("append");
+        let steps: Vec<u64> = read_metrics(&path)
+            .expect("read")
+            .iter()
+            .map(MetricsRecord::step)
+            .collect();
+        assert_eq!(steps, [1, 2, 3, 4]);
+        let text = std::fs::read_to_string(&path).expect("read");
+        assert_eq!(text.lines().count(), 4, "{text}");
+        assert!(!dir.path().join(".metrics.jsonl.partial").exists());
     }
 }

@@ -111,6 +111,23 @@ impl Workers {
     }
 }
 
+/// The rows of a global batch of `rows` rows that rank `rank` of `ranks`
+/// trains in data-parallel runs: contiguous, in rank order, the first
+/// `rows % ranks` ranks one row more than the others (4 rows on 3 ranks:
+/// 2, 1, 1). Together the ranks cover every row exactly once.
+pub fn shard_range(rows: usize, rank: usize, ranks: usize) -> std::ops::Range<usize> {
+    let ranks = ranks.max(1);
+    let (base, extra) = (rows / ranks, rows % ranks);
+    let start = rank * base + rank.min(extra);
+    let len = base + usize::from(rank < extra);
+    start.min(rows)..(start + len).min(rows)
+}
+
+/// Rank `rank`'s share of a global batch (see [`shard_range`]).
+pub fn shard_rows(batch: &Batch, rank: usize, ranks: usize) -> Batch {
+    sub_batch(batch, shard_range(batch.ids.len(), rank, ranks))
+}
+
 /// Rows `range` of a batch, cut to the longest of them.
 fn sub_batch(batch: &Batch, range: std::ops::Range<usize>) -> Batch {
     let width = batch.lengths[range.clone()]
@@ -135,5 +152,32 @@ fn sub_batch(batch: &Batch, range: std::ops::Range<usize>) -> Batch {
         segment_ids: batch.segment_ids.as_ref().map(|s| cut(&s[range.clone()])),
         position_ids: batch.position_ids.as_ref().map(|p| cut(&p[range.clone()])),
         examples: batch.examples[range].to_vec(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::shard_range;
+    use proptest::prelude::*;
+
+    #[test]
+    fn uneven_batches_give_the_first_ranks_one_row_more() {
+        let sizes: Vec<usize> = (0..3).map(|r| shard_range(4, r, 3).len()).collect();
+        assert_eq!(sizes, [2, 1, 1]);
+        assert_eq!(shard_range(4, 1, 3), 2..3);
+    }
+
+    proptest! {
+        #[test]
+        fn shards_cover_every_row_once_in_order(rows in 0usize..200, ranks in 1usize..9) {
+            let mut next = 0;
+            for rank in 0..ranks {
+                let range = shard_range(rows, rank, ranks);
+                prop_assert_eq!(range.start, next);
+                prop_assert!(range.len() == rows / ranks || range.len() == rows / ranks + 1);
+                next = range.end;
+            }
+            prop_assert_eq!(next, rows);
+        }
     }
 }

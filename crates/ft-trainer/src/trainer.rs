@@ -5,13 +5,14 @@ use crate::data_options::{batch_options, data_options};
 use crate::error::io_error;
 use crate::loss::{loss_sum, BatchArrays};
 use crate::metrics::{Callbacks, Control, EvalMetrics, MetricsFile, MetricsRecord, StepMetrics};
-use crate::parallel::Workers;
+use crate::parallel::{shard_rows, Workers};
 use crate::{Result, TrainError};
 use ft_config::{
     Config, NonFinitePolicy, OptimizerName, Quantization, SchedulerKind, TrainingLength,
 };
 use ft_data::{BatchOptions, Dataset, TextTokenizer};
-use ft_lora::{mix_seed, AdapterFormat, LoraAdapters, LoraLayout, LoraSpec};
+use ft_lora::{mix_seed, LoraAdapters, LoraLayout, LoraSpec};
+use ft_model::distributed::Group;
 use ft_model::{LinearAdapter, LoadOptions, Model, ModelSource};
 use ft_optim::{
     clip_by_global_norm, AdamW, GradAccumulator, Optimizer, Schedule, ScheduleShape, Sgd,
@@ -101,6 +102,8 @@ pub struct Trainer {
     last_checkpoint: Option<PathBuf>,
     /// Streams for evaluation passes (training steps use one stream).
     eval_workers: Workers,
+    /// The data-parallel group (one process unless [`Trainer::distribute`]d).
+    group: Group,
 }
 
 /// The final adapter of a run directory.
@@ -223,6 +226,7 @@ impl Trainer {
             resumed,
             last_checkpoint,
             eval_workers,
+            group: Group::single(),
         })
     }
 
@@ -232,6 +236,86 @@ impl Trainer {
             &self.config.data,
             self.tokenizer.special().pad_id(),
         )
+    }
+
+    /// Makes this process one rank of a data-parallel run over `group`:
+    /// each rank trains its share of every global batch
+    /// ([`shard_range`](crate::parallel::shard_range)), gradients and loss
+    /// sums are added across ranks once per step, evaluation is split
+    /// between the ranks, and only rank 0 writes files. Every rank must be
+    /// built from the same configuration and data (and, when resuming, the
+    /// same checkpoint); this is checked here, with one exchange.
+    pub fn distribute(&mut self, group: Group) -> Result<()> {
+        let ranks = group.size();
+        let batch_size = self.config.training.batch_size as usize;
+        if batch_size < ranks {
+            return Err(TrainError::Config(format!(
+                "training.batch_size = {batch_size} is smaller than the {ranks} ranks: every rank \
+                 needs at least one row of each batch"
+            )));
+        }
+        let mine = [
+            self.state.step as f32,
+            self.state.cursor.epoch as f32,
+            self.state.cursor.position as f32,
+            self.train_set.examples.len() as f32,
+            self.adapters.params.len() as f32,
+            batch_size as f32,
+        ];
+        let summed = group.all_sum(&Array::from_slice(&mine, &[mine.len() as i32]))?;
+        summed.eval()?;
+        let expected: Vec<f32> = mine.iter().map(|v| v * ranks as f32).collect();
+        if summed.as_slice::<f32>() != expected.as_slice() {
+            return Err(TrainError::Distributed(format!(
+                "rank {} of {ranks}: the ranks disagree on the starting point (this rank: step {}, \
+                 {} training examples, batch size {batch_size}); start every rank with the same \
+                 configuration, data and --resume checkpoint",
+                group.rank(),
+                self.state.step,
+                self.train_set.examples.len()
+            )));
+        }
+        self.group = group;
+        Ok(())
+    }
+
+    /// This process's rank and the number of ranks (0 and 1 unless distributed).
+    pub fn rank(&self) -> (usize, usize) {
+        (self.group.rank(), self.group.size())
+    }
+
+    /// An MLX error from the ring backend, reworded to say which ranks this
+    /// one talks to (a lost rank is one of them) and where the run can resume.
+    fn explain_lost_rank(&self, error: TrainError) -> TrainError {
+        let (rank, ranks) = self.rank();
+        match &error {
+            TrainError::Mlx(exception) if ranks > 1 && exception.what().contains("[ring]") => {
+                let left = (rank + ranks - 1) % ranks;
+                let right = (rank + 1) % ranks;
+                let lost = if left == right {
+                    format!("rank {left}")
+                } else {
+                    format!("rank {left} or rank {right}")
+                };
+                let what = exception.what();
+                let what = what.split(" at /").next().unwrap_or(what);
+                TrainError::Distributed(format!(
+                    "rank {rank} of {ranks} lost the connection to {lost} during step {} ({what}); \
+                     the ranks stopped. {}",
+                    self.state.step + 1,
+                    match &self.last_checkpoint {
+                        Some(dir) => format!("Resume from {}", dir.display()),
+                        None => "No checkpoint was written yet".into(),
+                    }
+                ))
+            }
+            _ => error,
+        }
+    }
+
+    /// Only rank 0 writes the run directory.
+    fn writes_files(&self) -> bool {
+        self.group.rank() == 0
     }
 
     /// What the run will do.
@@ -298,7 +382,7 @@ impl Trainer {
             return Ok(None);
         };
         let limit = self.config.training.eval_batches.map(|n| n as usize);
-        let result = evaluate_with(
+        let (loss_sum, tokens, _) = evaluate_shard(
             &self.model,
             &self.adapters.view(),
             valid,
@@ -306,19 +390,41 @@ impl Trainer {
             self.tokenizer.special().pad_id(),
             limit,
             &self.eval_workers,
+            (self.group.rank(), self.group.size()),
         )?;
-        Ok(Some((result.loss, result.target_tokens)))
+        let (loss_sum, tokens) = if self.group.size() > 1 {
+            let summed = self
+                .group
+                .all_sum(&Array::from_slice(&[loss_sum as f32, tokens as f32], &[2]))?;
+            summed.eval()?;
+            let values = summed.as_slice::<f32>();
+            (f64::from(values[0]), values[1] as u64)
+        } else {
+            (loss_sum, tokens)
+        };
+        if tokens == 0 {
+            return Err(TrainError::Config(
+                "the evaluation data has no loss targets".into(),
+            ));
+        }
+        Ok(Some((loss_sum / tokens as f64, tokens)))
     }
 
     /// Runs the loop to the end (or until early stopping or a callback's
     /// [`Control::Stop`]); writes checkpoints, metrics and the final adapter.
     pub fn train(&mut self, callbacks: &mut dyn Callbacks) -> Result<TrainSummary> {
-        std::fs::create_dir_all(&self.run_dir).map_err(io_error(&self.run_dir))?;
-        let config_path = self.run_dir.join("config.toml");
-        std::fs::write(&config_path, &self.config_toml).map_err(io_error(&config_path))?;
-        let metrics_path = self.run_dir.join(&self.config.logging.metrics_file);
-        let mut metrics =
-            MetricsFile::open(&metrics_path, self.resumed.then_some(self.state.step))?;
+        let mut metrics = if self.writes_files() {
+            std::fs::create_dir_all(&self.run_dir).map_err(io_error(&self.run_dir))?;
+            let config_path = self.run_dir.join("config.toml");
+            std::fs::write(&config_path, &self.config_toml).map_err(io_error(&config_path))?;
+            let metrics_path = self.run_dir.join(&self.config.logging.metrics_file);
+            Some(MetricsFile::open(
+                &metrics_path,
+                self.resumed.then_some(self.state.step),
+            )?)
+        } else {
+            None
+        };
         let training = self.config.training.clone();
         let batch_options = self.batch_options();
         let train_set = std::mem::replace(
@@ -337,13 +443,15 @@ impl Trainer {
             callbacks,
         );
         self.train_set = train_set;
-        let (stop, final_loss, last_eval) = outcome?;
+        let (stop, final_loss, last_eval) =
+            outcome.map_err(|error| self.explain_lost_rank(error))?;
         if self.last_checkpoint_step() != Some(self.state.step) {
             self.save_checkpoint(callbacks)?;
         }
         let adapter_dir = final_adapter_dir(&self.run_dir);
-        self.adapters
-            .save(&adapter_dir, AdapterFormat::Mlx, &self.config.model.path)?;
+        if self.writes_files() {
+            checkpoint::save_adapter(&self.adapters, &adapter_dir, &self.config.model.path)?;
+        }
         Ok(TrainSummary {
             steps: self.state.step,
             final_loss,
@@ -371,7 +479,7 @@ impl Trainer {
         train_set: &Dataset,
         batch_options: BatchOptions,
         training: &ft_config::TrainingConfig,
-        metrics: &mut MetricsFile,
+        metrics: &mut Option<MetricsFile>,
         callbacks: &mut dyn Callbacks,
     ) -> Result<(StopCause, Option<f64>, Option<EvalMetrics>)> {
         // One stream: with the backward pass, splitting measured slower.
@@ -384,6 +492,7 @@ impl Trainer {
         let accumulation = training.grad_accumulation.max(1);
         let smoothing = training.label_smoothing as f32;
         let dropout = self.adapters.layout.spec.dropout > 0.0;
+        let (rank, ranks) = (self.group.rank(), self.group.size());
         let mut final_loss = None;
         let mut last_eval = None;
         while self.state.step < total {
@@ -399,11 +508,25 @@ impl Trainer {
                     .ok_or_else(|| TrainError::Config("the training set yields no batch".into()))?;
                 target_tokens += batch.target_tokens as u64;
                 real_tokens += batch.real_tokens() as u64;
+                let batch = if ranks > 1 {
+                    shard_rows(&batch, rank, ranks)
+                } else {
+                    batch
+                };
                 if batch.target_tokens == 0 {
                     continue;
                 }
                 let parts = train_workers.split(&batch);
-                let seed = dropout.then(|| dropout_seed(training.seed, step, micro));
+                // Each rank draws its own dropout masks (rank 0's are the
+                // single-process run's).
+                let seed = dropout.then(|| {
+                    let seed = dropout_seed(training.seed, step, micro);
+                    if rank == 0 {
+                        seed
+                    } else {
+                        mix_seed(seed, rank as u64)
+                    }
+                });
                 let (loss, grads) = loss_and_grads(
                     &self.model,
                     &self.adapters.layout,
@@ -426,7 +549,32 @@ impl Trainer {
                 continue;
             }
             let inverse = 1.0 / target_tokens as f32;
-            let mut grads = accumulator.take_scaled(inverse)?;
+            let mut grads = if ranks > 1 {
+                // One exchange per step: every gradient and the loss sum,
+                // flattened together (a rank whose rows had no targets adds zeros).
+                let mut sums = if accumulator.micro_batches() == 0 {
+                    self.adapters
+                        .params
+                        .iter()
+                        .map(mlx_rs::ops::zeros_like)
+                        .collect::<std::result::Result<Vec<_>, _>>()?
+                } else {
+                    accumulator.take_scaled(1.0)?
+                };
+                sums.push(loss_total.reshape(&[1])?);
+                let mut reduced = self.group.all_sum_flat(&sums)?;
+                loss_total = reduced
+                    .pop()
+                    .ok_or_else(|| TrainError::Distributed("empty reduction".into()))?
+                    .reshape(&[])?;
+                let factor = Array::from_f32(inverse);
+                reduced
+                    .iter()
+                    .map(|sum| sum.multiply(&factor))
+                    .collect::<std::result::Result<Vec<_>, _>>()?
+            } else {
+                accumulator.take_scaled(inverse)?
+            };
             let grad_norm = clip_by_global_norm(&mut grads, training.max_grad_norm)?;
             let mean_loss = loss_total.multiply(Array::from_f32(inverse))?;
             let previous = (self.adapters.params.clone(), self.optimizer.clone());
@@ -490,7 +638,9 @@ impl Trainer {
                 epoch: self.state.cursor.epoch,
                 skipped,
             };
-            metrics.append(&MetricsRecord::Train(step_metrics.clone()))?;
+            if let Some(metrics) = metrics.as_mut() {
+                metrics.append(&MetricsRecord::Train(step_metrics.clone()))?;
+            }
             let mut control = callbacks.on_step(&step_metrics);
             let at_end = self.state.step == total;
             let eval_due = training.eval_every > 0
@@ -501,7 +651,9 @@ impl Trainer {
             let mut early_stop = false;
             if (eval_due || at_end) && self.valid_set.is_some() {
                 if let Some(eval) = self.run_eval(training)? {
-                    metrics.append(&MetricsRecord::Eval(eval.clone()))?;
+                    if let Some(metrics) = metrics.as_mut() {
+                        metrics.append(&MetricsRecord::Eval(eval.clone()))?;
+                    }
                     if callbacks.on_eval(&eval) == Control::Stop {
                         control = Control::Stop;
                     }
@@ -522,6 +674,14 @@ impl Trainer {
             if early_stop {
                 return Ok((StopCause::EarlyStopping, final_loss, last_eval));
             }
+            if ranks > 1 {
+                // A stop asked for on any rank (Ctrl-C) stops them all at this step.
+                let wanted = Array::from_f32(f32::from(u8::from(control == Control::Stop)));
+                let anyone = self.group.all_sum(&wanted)?;
+                if scalar(&anyone)? > 0.0 {
+                    control = Control::Stop;
+                }
+            }
             if control == Control::Stop {
                 return Ok((StopCause::Interrupted, final_loss, last_eval));
             }
@@ -540,11 +700,13 @@ impl Trainer {
         if improved {
             self.state.best_val_loss = Some(loss);
             self.state.evals_without_improvement = 0;
-            self.adapters.save(
-                &self.run_dir.join("best-adapter"),
-                AdapterFormat::Mlx,
-                &self.config.model.path,
-            )?;
+            if self.writes_files() {
+                checkpoint::save_adapter(
+                    &self.adapters,
+                    &self.run_dir.join("best-adapter"),
+                    &self.config.model.path,
+                )?;
+            }
         } else {
             self.state.evals_without_improvement += 1;
         }
@@ -558,6 +720,10 @@ impl Trainer {
     }
 
     fn save_checkpoint(&mut self, callbacks: &mut dyn Callbacks) -> Result<()> {
+        if !self.writes_files() {
+            self.last_checkpoint = Some(checkpoint::step_dir(&self.run_dir, self.state.step));
+            return Ok(());
+        }
         let dir = checkpoint::save(
             &self.run_dir,
             &self.state,
@@ -669,6 +835,43 @@ pub fn evaluate_with(
     max_batches: Option<usize>,
     workers: &Workers,
 ) -> Result<EvalResult> {
+    let (total, tokens, batches) = evaluate_shard(
+        model,
+        adapter,
+        dataset,
+        batch_size,
+        pad_id,
+        max_batches,
+        workers,
+        (0, 1),
+    )?;
+    if tokens == 0 {
+        return Err(TrainError::Config(
+            "the evaluation data has no loss targets".into(),
+        ));
+    }
+    let loss = total / tokens as f64;
+    Ok(EvalResult {
+        loss,
+        perplexity: loss.exp(),
+        target_tokens: tokens,
+        batches,
+    })
+}
+
+/// Loss sum, target tokens and batches of rank `shard.0` of `shard.1`'s
+/// share of the evaluation batches (every `shard.1`-th batch).
+#[allow(clippy::too_many_arguments)]
+fn evaluate_shard(
+    model: &Model,
+    adapter: &dyn LinearAdapter,
+    dataset: &Dataset,
+    batch_size: usize,
+    pad_id: u32,
+    max_batches: Option<usize>,
+    workers: &Workers,
+    (rank, ranks): (usize, usize),
+) -> Result<(f64, u64, usize)> {
     let batcher = dataset.batcher(BatchOptions {
         batch_size: batch_size.max(1),
         shuffle: false,
@@ -684,6 +887,8 @@ pub fn evaluate_with(
         .epoch_batches(0)
         .iter()
         .take(max_batches.unwrap_or(usize::MAX))
+        .skip(rank)
+        .step_by(ranks.max(1))
     {
         if batch.target_tokens == 0 {
             continue;
@@ -694,18 +899,7 @@ pub fn evaluate_with(
         tokens += batch.target_tokens as u64;
         batches += 1;
     }
-    if tokens == 0 {
-        return Err(TrainError::Config(
-            "the evaluation data has no loss targets".into(),
-        ));
-    }
-    let loss = total / tokens as f64;
-    Ok(EvalResult {
-        loss,
-        perplexity: loss.exp(),
-        target_tokens: tokens,
-        batches,
-    })
+    Ok((total, tokens, batches))
 }
 
 /// A float32 scalar read back to the host.

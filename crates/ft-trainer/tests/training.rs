@@ -2,77 +2,18 @@
 //! tokenizer: overfitting, finite differences, accumulation, resume,
 //! non-finite handling.
 
-use ft_config::{Config, LoraLayers, NonFinitePolicy, TargetModules};
+use ft_config::NonFinitePolicy;
 mod common;
 
-use common::{tokenizer, write_data};
+use common::{config, model, tokenizer, train_losses};
 use ft_lora::{LoraAdapters, LoraSpec};
-use ft_model::{tiny, LoadOptions, Model, Projection};
+use ft_model::Projection;
 use ft_trainer::loss::BatchArrays;
-use ft_trainer::metrics::read_metrics;
 use ft_trainer::parallel::Workers;
 use ft_trainer::{
-    loss_and_grads, Callbacks, Control, MetricsRecord, NoCallbacks, StepMetrics, TrainError,
-    Trainer,
+    loss_and_grads, Callbacks, Control, NoCallbacks, StepMetrics, TrainError, Trainer,
 };
 use mlx_rs::Array;
-use std::path::Path;
-
-/// Vocabulary of the test model: room for every id of [`tokenizer`].
-const VOCAB: usize = 512;
-const HEAD_SCALE: f32 = 10.0;
-
-/// The tiny random Mistral (2 layers, hidden 64, GQA 4:1) with a small
-/// vocabulary and a separate output head.
-fn model(seed: u64) -> Model {
-    let mut config = tiny::tiny_mistral_config();
-    config.vocab_size = VOCAB;
-    config.tie_word_embeddings = false;
-    let mut weights = tiny::random_weights(&config, seed).expect("weights");
-    // A wider output head than the generator's: confident predictions must
-    // be reachable through a frozen head for the overfitting test.
-    if let Some(head) = weights.get_mut("lm_head.weight") {
-        *head = head.multiply(Array::from_f32(HEAD_SCALE)).expect("scale");
-    }
-    let args = ft_model::ModelArgs::from_hf(&config).expect("args");
-    ft_model::load::assemble(
-        args,
-        weights.into_iter().collect(),
-        Path::new("tiny"),
-        &LoadOptions::default(),
-    )
-    .expect("model")
-}
-
-fn config(dir: &Path, steps: u32) -> Config {
-    let mut config = Config::default();
-    config.data.train = Some(write_data(dir, "train.jsonl", 16));
-    config.data.valid = Some(write_data(dir, "valid.jsonl", 8));
-    config.data.max_seq_len = 128;
-    config.lora.rank = 8;
-    config.lora.alpha = 16.0;
-    config.lora.target_modules = TargetModules::AllLinear;
-    config.lora.num_layers = LoraLayers::All;
-    config.training.steps = Some(steps);
-    config.training.batch_size = 4;
-    config.training.eval_every = 0;
-    config.training.save_every = 0;
-    config.optimizer.learning_rate = 1e-2;
-    config.scheduler.warmup_steps = Some(0);
-    config.checkpoint.output_dir = dir.join("run");
-    config
-}
-
-fn train_losses(run_dir: &Path) -> Vec<(u64, f64)> {
-    read_metrics(&run_dir.join("metrics.jsonl"))
-        .expect("metrics")
-        .into_iter()
-        .filter_map(|record| match record {
-            MetricsRecord::Train(m) => Some((m.step, m.loss)),
-            MetricsRecord::Eval(_) => None,
-        })
-        .collect()
-}
 
 #[test]
 fn a_tiny_model_overfits_sixteen_examples() {

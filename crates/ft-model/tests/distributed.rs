@@ -1,0 +1,133 @@
+//! MLX's ring backend on loopback: two processes (this test binary started
+//! again as each rank) join a group and reduce arrays.
+
+use ft_model::distributed::{Backend, Group, Hostfile};
+use mlx_rs::Array;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const ROLE: &str = "FT_DISTRIBUTED_TEST_ROLE";
+
+/// Starts `ranks` copies of this test binary running `test` as ranks of a
+/// loopback group; returns each one's exit status and output.
+fn spawn_ranks(test: &str, ranks: usize, role: &str) -> Vec<(std::process::ExitStatus, String)> {
+    let dir = tempfile::tempdir().expect("loopback test");
+    let ports = Hostfile::free_loopback_ports(ranks).expect("loopback test");
+    let hostfile = dir.path().join("hosts.json");
+    Hostfile::loopback(&hostfile, &ports).expect("loopback test");
+    let exe = std::env::current_exe().expect("loopback test");
+    let children: Vec<_> = (0..ranks)
+        .map(|rank| {
+            Command::new(&exe)
+                .args([test, "--exact", "--nocapture"])
+                .env(ROLE, role)
+                .env("MLX_RANK", rank.to_string())
+                .env("MLX_HOSTFILE", &hostfile)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("loopback test")
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(90);
+    children
+        .into_iter()
+        .map(|mut child| {
+            while child.try_wait().expect("loopback test").is_none() {
+                assert!(Instant::now() < deadline, "a rank hung");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let out = child.wait_with_output().expect("loopback test");
+            let text = format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            (out.status, text)
+        })
+        .collect()
+}
+
+#[test]
+fn ranks_on_loopback_sum_arrays() {
+    match std::env::var(ROLE).as_deref() {
+        Ok("sum") => {
+            let group = Group::init(Backend::Ring).expect("loopback test");
+            let rank = group.rank() as f32;
+            let a = Array::from_slice(&[rank, 1.0, 2.0], &[3]);
+            let b = Array::from_slice(&[10.0 * rank; 4], &[2, 2]);
+            let single = group.all_sum(&a).expect("loopback test");
+            let flat = group.all_sum_flat(&[a, b]).expect("loopback test");
+            mlx_rs::transforms::eval([&single, &flat[0], &flat[1]]).expect("loopback test");
+            println!(
+                "RESULT rank={} size={} single={:?} a={:?} b={:?} shape={:?}",
+                group.rank(),
+                group.size(),
+                single.as_slice::<f32>(),
+                flat[0].as_slice::<f32>(),
+                flat[1].as_slice::<f32>(),
+                flat[1].shape()
+            );
+        }
+        Ok(_) => {}
+        Err(_) => {
+            if !Backend::Ring.is_available() {
+                eprintln!("skipped: this MLX build has no ring backend");
+                return;
+            }
+            for ranks in [2usize, 3] {
+                let results = spawn_ranks("ranks_on_loopback_sum_arrays", ranks, "sum");
+                // ranks 0..n: sum of ranks in a[0], n in a[1], 2n in a[2], 10*sum in b.
+                let rank_sum: usize = (0..ranks).sum();
+                let expected = format!(
+                    "size={ranks} single={:?} a={:?} b={:?} shape=[2, 2]",
+                    [rank_sum as f32, ranks as f32, 2.0 * ranks as f32],
+                    [rank_sum as f32, ranks as f32, 2.0 * ranks as f32],
+                    [10.0 * rank_sum as f32; 4]
+                );
+                for (rank, (status, output)) in results.iter().enumerate() {
+                    assert!(
+                        status.success(),
+                        "rank {rank} of {ranks}: {status}\n{output}"
+                    );
+                    assert!(
+                        output.contains(&format!("RESULT rank={rank} {expected}")),
+                        "rank {rank} of {ranks}: expected {expected}\n{output}"
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn a_lost_rank_stops_the_others() {
+    match std::env::var(ROLE).as_deref() {
+        Ok("lose") => {
+            let group = Group::init(Backend::Ring).expect("loopback test");
+            let x = Array::from_slice(&[1.0f32; 1024], &[1024]);
+            for round in 0.. {
+                if group.rank() == 1 && round == 3 {
+                    println!("rank 1 leaves");
+                    std::process::exit(0);
+                }
+                let sum = group.all_sum(&x).expect("loopback test");
+                if let Err(error) = sum.eval() {
+                    println!("RESULT rank {} round {round}: error {error}", group.rank());
+                    std::process::exit(3);
+                }
+            }
+        }
+        Ok(_) => {}
+        Err(_) => {
+            if !Backend::Ring.is_available() {
+                eprintln!("skipped: this MLX build has no ring backend");
+                return;
+            }
+            let started = Instant::now();
+            let results = spawn_ranks("a_lost_rank_stops_the_others", 2, "lose");
+            println!("{:?}\n{}", started.elapsed(), results[0].1);
+            assert!(!results[0].0.success(), "{}", results[0].1);
+        }
+    }
+}
