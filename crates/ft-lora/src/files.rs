@@ -151,12 +151,27 @@ impl LoraAdapters {
             path: path.to_path_buf(),
             message,
         };
+        if !config_path.is_file() {
+            return Err(bad(
+                &config_path,
+                format!(
+                    "missing: the adapter's settings (rank, scale, layers) are read from                      adapter_config.json next to {}",
+                    format.weights_file()
+                ),
+            ));
+        }
         let text = std::fs::read_to_string(&config_path).map_err(|source| LoraError::Io {
             path: config_path.clone(),
             source,
         })?;
         let config: Value = serde_json::from_str(&text)
             .map_err(|e| bad(&config_path, format!("not valid JSON: {e}")))?;
+        if !config.is_object() {
+            return Err(bad(
+                &config_path,
+                format!("expected a JSON object, got {}", json_kind(&config)),
+            ));
+        }
         let (spec, base_model) = match format {
             AdapterFormat::Mlx => mlx_spec(&config, args),
             AdapterFormat::Peft => peft_spec(&config, args),
@@ -164,6 +179,8 @@ impl LoraAdapters {
         .map_err(|message| bad(&config_path, message))?;
         let layout = LoraLayout::new(spec, args).map_err(|e| bad(&config_path, e.to_string()))?;
         let weights_path = dir.join(format.weights_file());
+        // MLX trusts the header's shapes and offsets: check them first.
+        ft_model::load::check_safetensors(&weights_path)?;
         let mut tensors = Array::load_safetensors(&weights_path)
             .map_err(|e| bad(&weights_path, format!("cannot read the tensors: {e}")))?;
         let mut params = Vec::with_capacity(layout.num_arrays());
@@ -237,6 +254,28 @@ fn number(config: &Value, path: &str) -> std::result::Result<f64, String> {
         .ok_or_else(|| format!("field `{path}`: expected a number, got {value}"))
 }
 
+/// A count that must be a whole number >= 1 (`as usize` would turn -2 into 0
+/// and 2.5 into 2 silently).
+fn positive_integer(config: &Value, path: &str) -> std::result::Result<usize, String> {
+    let value = field(config, path)?;
+    value
+        .as_u64()
+        .filter(|&n| n >= 1)
+        .and_then(|n| usize::try_from(n).ok())
+        .ok_or_else(|| format!("field `{path}`: expected a whole number >= 1, got {value}"))
+}
+
+fn json_kind(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
 fn projections(names: &[&str], path: &str) -> std::result::Result<Vec<Projection>, String> {
     names
         .iter()
@@ -258,12 +297,20 @@ fn string_list<'a>(config: &'a Value, path: &str) -> std::result::Result<Vec<&'a
 }
 
 fn mlx_spec(config: &Value, args: &ModelArgs) -> SpecAndBase {
-    let rank = number(config, "lora_parameters.rank")? as usize;
+    let rank = positive_integer(config, "lora_parameters.rank")?;
     let scale = number(config, "lora_parameters.scale")?;
     let dropout = number(config, "lora_parameters.dropout").unwrap_or(0.0);
     let keys = string_list(config, "lora_parameters.keys")?;
     let total = args.num_layers;
-    let num_layers = number(config, "num_layers")? as i64;
+    let num_layers = field(config, "num_layers")?;
+    let num_layers = num_layers
+        .as_i64()
+        .filter(|&n| n >= 1 || n == -1)
+        .ok_or_else(|| {
+            format!(
+                "field `num_layers`: expected a whole number >= 1, or -1 for all, got {num_layers}"
+            )
+        })?;
     let layers = match config.pointer("/ft/layers").and_then(Value::as_array) {
         Some(list) => list
             .iter()
@@ -304,7 +351,7 @@ fn peft_spec(config: &Value, args: &ModelArgs) -> SpecAndBase {
             "field `peft_type`: expected \"LORA\", got {peft_type}"
         ));
     }
-    let rank = number(config, "r")? as usize;
+    let rank = positive_integer(config, "r")?;
     let alpha = number(config, "lora_alpha")?;
     let dropout = number(config, "lora_dropout").unwrap_or(0.0);
     let modules = match field(config, "target_modules")? {

@@ -167,9 +167,17 @@ impl ModelArgs {
         })?;
         let mut deserializer = serde_json::Deserializer::from_str(&text);
         let raw: HfConfig =
-            serde_path_to_error::deserialize(&mut deserializer).map_err(|error| Error::Config {
-                path: path.to_path_buf(),
-                message: format!("field `{}`: {}", error.path(), error.inner()),
+            serde_path_to_error::deserialize(&mut deserializer).map_err(|error| {
+                // A syntax error has no field to name (serde_path_to_error says `?`).
+                let message = if error.inner().is_syntax() || error.inner().is_eof() {
+                    format!("not valid JSON: {}", error.inner())
+                } else {
+                    format!("field `{}`: {}", error.path(), error.inner())
+                };
+                Error::Config {
+                    path: path.to_path_buf(),
+                    message,
+                }
             })?;
         Self::from_hf(&raw).map_err(|message| Error::Config {
             path: path.to_path_buf(),

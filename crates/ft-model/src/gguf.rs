@@ -2,6 +2,10 @@
 //! as MLX arrays (Q4_0/Q4_1/Q8_0 as MLX affine-quantized triples), metadata
 //! is queried by key.
 
+mod layout;
+
+pub use layout::{read_layout, GgufLayout, GgufTensorInfo};
+
 use crate::{Error, Result};
 use mlx_rs::Array;
 use std::collections::HashMap;
@@ -26,7 +30,9 @@ impl Drop for GgufFile {
 impl GgufFile {
     /// Opens `path`; a file that is not GGUF (or is truncated) is an error naming it.
     pub fn open(path: &Path) -> Result<Self> {
-        check_header(path)?;
+        // gguflib trusts every length and offset in the file: check them first.
+        read_layout(path)?;
+        layout::check_writable(path)?;
         // Make sure mlx-rs's error handler (which records instead of exiting) is installed.
         mlx_rs::ops::zeros::<f32>(&[1])?.eval()?;
         let c_path = CString::new(path.to_string_lossy().as_bytes()).map_err(|_| Error::MlxIo {
@@ -196,36 +202,4 @@ fn regroup_head_rows(array: &Array, heads: usize, from_llama_cpp: bool) -> Resul
     };
     split.extend_from_slice(&shape[1..]);
     Ok(array.reshape(&split)?.swap_axes(1, 2)?.reshape(&shape)?)
-}
-
-/// Rejects files that are not GGUF or are shorter than their header says,
-/// before native code sees them.
-fn check_header(path: &Path) -> Result<()> {
-    use std::io::Read;
-    let mut file = std::fs::File::open(path).map_err(|source| Error::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    let mut magic = [0_u8; 8];
-    let read = file.read(&mut magic).map_err(|source| Error::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    if read < 8 || &magic[..4] != b"GGUF" {
-        return Err(Error::MlxIo {
-            path: path.to_path_buf(),
-            message: format!(
-                "not a GGUF file: expected the magic bytes `GGUF`, got {:?}",
-                String::from_utf8_lossy(&magic[..read.min(4)])
-            ),
-        });
-    }
-    let version = u32::from_le_bytes([magic[4], magic[5], magic[6], magic[7]]);
-    if !(2..=3).contains(&version) {
-        return Err(Error::MlxIo {
-            path: path.to_path_buf(),
-            message: format!("unsupported GGUF version {version} (supported: 2, 3)"),
-        });
-    }
-    Ok(())
 }

@@ -11,6 +11,10 @@ use mlx_rs::{Array, Dtype};
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 
+mod safetensors;
+
+pub use safetensors::check_safetensors;
+
 /// Built-in models: short name and file name under the models directory.
 pub const BUILTIN_MODELS: &[(&str, &str)] =
     &[("smollm2-135m-instruct", "SmolLM2-135M-Instruct.Q4_1.gguf")];
@@ -121,7 +125,7 @@ pub fn read_safetensors_dir(dir: &Path) -> Result<HashMap<String, Array>> {
         let index: serde_json::Value =
             serde_json::from_str(&text).map_err(|error| Error::Config {
                 path: index_path.clone(),
-                message: error.to_string(),
+                message: format!("not valid JSON: {error}"),
             })?;
         let map = index["weight_map"]
             .as_object()
@@ -159,6 +163,8 @@ pub fn read_safetensors_dir(dir: &Path) -> Result<HashMap<String, Array>> {
                 message: "shard named in model.safetensors.index.json is missing".into(),
             });
         }
+        // MLX trusts the header's shapes and offsets: check them first.
+        check_safetensors(&file)?;
         let loaded = Array::load_safetensors(&file).map_err(|error| Error::MlxIo {
             path: file.clone(),
             message: error.to_string(),
@@ -241,13 +247,26 @@ pub fn read_gguf(path: &Path) -> Result<(ModelArgs, HashMap<String, Array>)> {
     })?;
     let mut tensors = HashMap::with_capacity(raw_tensors.len());
     for (name, array) in raw_tensors {
-        let hf_name = gguf_to_hf_name(&name).unwrap_or(name);
-        let array = if hf_name.contains(".self_attn.q_proj.") {
-            crate::gguf::llama_cpp_rows_to_hf(&array, args.num_heads)?
+        let hf_name = gguf_to_hf_name(&name).unwrap_or_else(|| name.clone());
+        let heads = if hf_name.contains(".self_attn.q_proj.") {
+            Some((args.num_heads, "llama.attention.head_count"))
         } else if hf_name.contains(".self_attn.k_proj.") {
-            crate::gguf::llama_cpp_rows_to_hf(&array, args.num_kv_heads)?
+            Some((args.num_kv_heads, "llama.attention.head_count_kv"))
         } else {
-            array
+            None
+        };
+        let array = match heads {
+            Some((heads, key)) => {
+                crate::gguf::llama_cpp_rows_to_hf(&array, heads).map_err(|error| {
+                    Error::Weights {
+                        path: path.to_path_buf(),
+                        message: format!(
+                            "tensor `{name}` does not fit the metadata `{key}` = {heads}: {error}"
+                        ),
+                    }
+                })?
+            }
+            None => array,
         };
         tensors.insert(hf_name, array);
     }
