@@ -8,6 +8,7 @@
 mod bench_data;
 mod bench_generate;
 mod bench_train;
+mod check_gguf;
 mod demo_data;
 mod e2e;
 mod fixtures;
@@ -35,6 +36,11 @@ commands:
                                         greedy generation tokens/s, ft-model vs mlx_lm on the same fp32 model
   bench train --reference-only [--iters N] [--data DIR]
                                         LoRA training tokens/s, peak memory, loss of mlx-lm on the demo data
+  check-gguf [--prompt TEXT] [--tokens N] [--train]
+                                        setup, then `ft fuse --format gguf` (float32, float16) of a trained adapter
+                                        (reused, or 10 quickstart steps into target/check-gguf; --train: always new),
+                                        llama.cpp (llama-cpp-python, built once into .ft/venv-llama-cpp) vs
+                                        `ft generate` greedy on the same file: at least 16 leading tokens equal
   fixtures chat-template                setup and the reference venv, then the chat-template parity fixture (transformers)
   fixtures logits                       setup and the reference venv, then the mlx_lm logits parity fixture (ft-model)
   demo-data [--check]                   write (or check) the demo data set examples/data/demo/{train,valid}.jsonl
@@ -107,6 +113,10 @@ fn run() -> Result<()> {
             Some("train") => bench_train::run(&root, &rest[1..])?,
             _ => bail!("usage: cargo xtask bench data|generate|train [options]\n\n{USAGE}"),
         },
+        "check-gguf" => {
+            setup::run(&root, setup::Options::parse(&[])?)?;
+            check_gguf::run(&root, rest)?;
+        }
         "soak" => {
             setup::run(&root, setup::Options::parse(&[])?)?;
             soak::run(&root, rest)?;

@@ -43,7 +43,7 @@ pub struct Args {
     /// Seed of the sampler.
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// Print the generated token ids and timings as one JSON object instead of text.
+    /// Print the prompt and generated token ids, text and timings as one JSON object instead of text.
     #[arg(long)]
     json: bool,
 }
@@ -159,6 +159,7 @@ fn reply(
     if args.json {
         let object = serde_json::json!({
             "prompt_tokens": prompt.len(),
+            "prompt_ids": prompt,
             "tokens": generation.tokens,
             "text": text,
             "stop_reason": format!("{:?}", generation.stop_reason),
