@@ -9,6 +9,7 @@ mod bench_data;
 mod bench_generate;
 mod bench_train;
 mod check_gguf;
+mod crash_test;
 mod demo_data;
 mod e2e;
 mod fixtures;
@@ -44,6 +45,10 @@ commands:
   fixtures chat-template                setup and the reference venv, then the chat-template parity fixture (transformers)
   fixtures logits                       setup and the reference venv, then the mlx_lm logits parity fixture (ft-model)
   demo-data [--check]                   write (or check) the demo data set examples/data/demo/{train,valid}.jsonl
+  crash-test [--trials N] [--seed S] [--model M] [--ft PATH]
+                                        setup, then `ft train` killed (SIGKILL) at random moments and inside
+                                        checkpoint writes (default 20 trials), resumed, final adapters compared
+                                        with an uninterrupted run's; SIGTERM/SIGINT; a tmpfs that fills up
   soak [--minutes M] [--sample-s S]     setup, then a long training run (default 120 min, by hand) sampling
                                         resident and MLX memory; prints the slope after the first evaluation
   venv                                  setup, then the mlx-lm reference venv (.ft/venv-mlx, same OpenBLAS)
@@ -113,6 +118,10 @@ fn run() -> Result<()> {
             Some("train") => bench_train::run(&root, &rest[1..])?,
             _ => bail!("usage: cargo xtask bench data|generate|train [options]\n\n{USAGE}"),
         },
+        "crash-test" => {
+            setup::run(&root, setup::Options::parse(&[])?)?;
+            crash_test::run(&root, rest)?;
+        }
         "check-gguf" => {
             setup::run(&root, setup::Options::parse(&[])?)?;
             check_gguf::run(&root, rest)?;

@@ -346,3 +346,52 @@ fn sync_dir(dir: &Path) {
         let _ = handle.sync_all();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dir_with_state(path: &Path) {
+        std::fs::create_dir_all(path.join(ADAPTER_DIR)).expect("dir");
+        std::fs::write(path.join(STATE_FILE), "{}").expect("state");
+    }
+
+    #[test]
+    fn resuming_a_run_dir_undoes_what_interrupted_writes_left() {
+        let run = tempfile::tempdir().expect("tempdir");
+        let root = checkpoints_dir(run.path());
+        dir_with_state(&root.join("step-000002"));
+        // Killed between the two renames of a re-save, during a write, and
+        // half-way through removing an old checkpoint.
+        dir_with_state(&root.join(".step-000003.stale"));
+        dir_with_state(&root.join(".step-000003.partial"));
+        std::fs::create_dir_all(root.join(".step-000004.partial")).expect("partial");
+        dir_with_state(&root.join(".step-000001.deleting"));
+        // Killed between the renames of an adapter save.
+        std::fs::create_dir_all(run.path().join(".adapter.old")).expect("old");
+        std::fs::create_dir_all(run.path().join(".adapter.partial")).expect("partial");
+
+        assert_eq!(
+            resolve(run.path()).expect("resolve"),
+            root.join("step-000003")
+        );
+        let mut left: Vec<String> = std::fs::read_dir(&root)
+            .expect("read")
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["step-000002", "step-000003"]);
+        assert!(run.path().join(ADAPTER_DIR).is_dir());
+        assert!(!run.path().join(".adapter.old").exists());
+    }
+
+    #[test]
+    fn hidden_directories_are_never_checkpoints() {
+        let run = tempfile::tempdir().expect("tempdir");
+        let root = checkpoints_dir(run.path());
+        dir_with_state(&root.join(".step-000009.partial"));
+        dir_with_state(&root.join("step-000001"));
+        assert_eq!(list(run.path()).expect("list"), [root.join("step-000001")]);
+    }
+}

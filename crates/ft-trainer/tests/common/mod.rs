@@ -92,6 +92,14 @@ pub const HEAD_SCALE: f32 = 10.0;
 /// The tiny random Mistral (2 layers, hidden 64, GQA 4:1) with a small
 /// vocabulary and a separate output head.
 pub fn model(seed: u64) -> Model {
+    model_with(seed, |_| {})
+}
+
+/// [`model`] with its weights (by checkpoint key) changed by `edit` first.
+pub fn model_with(
+    seed: u64,
+    edit: impl FnOnce(&mut std::collections::BTreeMap<String, Array>),
+) -> Model {
     let mut config = tiny::tiny_mistral_config();
     config.vocab_size = VOCAB;
     config.tie_word_embeddings = false;
@@ -101,6 +109,7 @@ pub fn model(seed: u64) -> Model {
     if let Some(head) = weights.get_mut("lm_head.weight") {
         *head = head.multiply(Array::from_f32(HEAD_SCALE)).expect("scale");
     }
+    edit(&mut weights);
     let args = ft_model::ModelArgs::from_hf(&config).expect("args");
     ft_model::load::assemble(
         args,
