@@ -40,6 +40,10 @@ fn run_role(role: &str) {
         config.optimizer.learning_rate = 5e-3;
     }
     config.checkpoint.output_dir = dir.join(role);
+    if role == "resume" {
+        // One process continues the data-parallel run from its checkpoint.
+        config.checkpoint.resume = Some(dir.join("rank/checkpoints/step-000003"));
+    }
     let mut trainer = Trainer::with_model(config, model(3), tokenizer()).expect("trainer");
     if role == "rank" {
         let group = Group::init(Backend::Ring).expect("joins the group");
@@ -167,6 +171,21 @@ fn compare(test: &str, ranks: usize, batch: u32, tolerance: f32) {
     }
     // Only rank 0 wrote: one run directory with checkpoints and metrics.
     assert!(dir.path().join("rank/checkpoints/step-000003").is_dir());
+    // Its checkpoint resumes in one process: the later steps' losses are
+    // the single-process run's.
+    finish(spawn(test, "resume", dir.path(), batch, &[]), "resumed run");
+    let resumed = train_losses(&dir.path().join("resume"));
+    assert_eq!(
+        resumed.iter().map(|s| s.0).collect::<Vec<_>>(),
+        (4..=u64::from(STEPS)).collect::<Vec<_>>()
+    );
+    for (step, loss) in &resumed {
+        let reference = single[*step as usize - 1].1;
+        assert!(
+            (loss - reference).abs() < 1e-5,
+            "resumed step {step}: {loss} vs {reference}"
+        );
+    }
 }
 
 #[test]
