@@ -6,6 +6,7 @@
 //! README's two commands are all a new machine needs.
 
 mod bench_data;
+mod bench_distributed;
 mod bench_generate;
 mod bench_train;
 mod check_gguf;
@@ -37,6 +38,7 @@ commands:
                                         greedy generation tokens/s, ft-model vs mlx_lm on the same fp32 model
   bench train --reference-only [--iters N] [--data DIR]
                                         LoRA training tokens/s, peak memory, loss of mlx-lm on the demo data
+  bench distributed [--steps N]         training tokens/s in one process vs 2 data-parallel ranks on loopback
   check-gguf [--prompt TEXT] [--tokens N] [--train]
                                         setup, then `ft fuse --format gguf` (float32, float16) of a trained adapter
                                         (reused, or 10 quickstart steps into target/check-gguf; --train: always new),
@@ -116,7 +118,13 @@ fn run() -> Result<()> {
             }
             Some("generate") => bench_generate::run(&root, &rest[1..])?,
             Some("train") => bench_train::run(&root, &rest[1..])?,
-            _ => bail!("usage: cargo xtask bench data|generate|train [options]\n\n{USAGE}"),
+            Some("distributed") => {
+                setup::run(&root, setup::Options::parse(&[])?)?;
+                bench_distributed::run(&root, &rest[1..])?
+            }
+            _ => bail!(
+                "usage: cargo xtask bench data|generate|train|distributed [options]\n\n{USAGE}"
+            ),
         },
         "crash-test" => {
             setup::run(&root, setup::Options::parse(&[])?)?;
