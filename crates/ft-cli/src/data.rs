@@ -4,7 +4,7 @@
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 
-use anyhow::{anyhow, Context};
+use anyhow::anyhow;
 use ft_config::{ChatTemplate, DataConfig, DataFormat, OverLengthPolicy, TrainingConfig};
 use ft_data::{
     check_structure, estimate_epoch, read_jsonl, render_example, DataStats, Dataset, Encoder,
@@ -196,9 +196,14 @@ pub fn load_tokenizer(spec: &str) -> Result<TextTokenizer, Failure> {
             .path()
             .to_path_buf()
     };
-    TextTokenizer::from_path(&path)
-        .with_context(|| format!("cannot load a tokenizer from {}", path.display()))
-        .map_err(Failure::User)
+    // The cause is the useful part (which file, which field): keep it in the
+    // one-line message, not only in the `-v` chain.
+    TextTokenizer::from_path(&path).map_err(|error| {
+        Failure::User(anyhow!(
+            "cannot load a tokenizer from {}: {error}",
+            path.display()
+        ))
+    })
 }
 
 /// Every file must be readable before any is checked, so that all missing

@@ -67,6 +67,8 @@ pub enum DiagnosticKind {
     Tokenization,
     /// The file holds no usable example.
     EmptyFile,
+    /// A line longer than any example can be (see [`crate::jsonl::MAX_LINE_BYTES`]).
+    LineTooLong,
 }
 
 impl DiagnosticKind {
@@ -95,6 +97,7 @@ impl DiagnosticKind {
             DiagnosticKind::Template => "template",
             DiagnosticKind::Tokenization => "tokenization",
             DiagnosticKind::EmptyFile => "empty_file",
+            DiagnosticKind::LineTooLong => "line_too_long",
         }
     }
 }
@@ -201,7 +204,12 @@ impl fmt::Display for Diagnostic {
             Severity::Error => "error",
             Severity::Warning => "warning",
         };
-        write!(f, "{}:{}: {severity}[{}]", self.file, self.line, self.kind)?;
+        // Line 0 is the whole file: `file: error[...]`, not `file:0:`.
+        if self.line == 0 {
+            write!(f, "{}: {severity}[{}]", self.file, self.kind)?;
+        } else {
+            write!(f, "{}:{}: {severity}[{}]", self.file, self.line, self.kind)?;
+        }
         if let Some(field) = &self.field {
             write!(f, " {field}:")?;
         }

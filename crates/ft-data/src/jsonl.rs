@@ -12,6 +12,12 @@ use crate::format::{check_object, describe, Example, Format};
 
 const UTF8_BOM: &[u8] = b"\xEF\xBB\xBF";
 
+/// The longest line read as an example. A longer one is refused rather than
+/// parsed and tokenized: tokenizing costs about 100 bytes of memory per byte
+/// of text (a 200 MB line would need ~20 GB and minutes), and a training
+/// example is at most `data.max_seq_len` tokens anyway.
+pub const MAX_LINE_BYTES: usize = 8_000_000;
+
 /// Where an example came from.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Source {
@@ -165,6 +171,26 @@ fn parse_line(
     parsed: &mut ParsedFile,
     unknown_fields: &mut Vec<(String, usize)>,
 ) -> Option<Example> {
+    if raw.len() > MAX_LINE_BYTES {
+        parsed.diagnostics.push(
+            Diagnostic::error(
+                file,
+                line,
+                DiagnosticKind::LineTooLong,
+                format!(
+                    "the line is {}, longer than the {} a line may hold: one example is at \
+                     most data.max_seq_len tokens, so split long documents into several examples",
+                    megabytes(raw.len()),
+                    megabytes(MAX_LINE_BYTES)
+                ),
+            )
+            .expected_got(
+                format!("at most {MAX_LINE_BYTES} bytes"),
+                format!("{} bytes", raw.len()),
+            ),
+        );
+        return None;
+    }
     let text = match std::str::from_utf8(raw) {
         Ok(text) => text,
         Err(e) => {
@@ -266,6 +292,11 @@ fn is_compatible(file_format: Format, detected: Option<Format>) -> bool {
     }
 }
 
+/// `bytes` as `12.3 MB`.
+fn megabytes(bytes: usize) -> String {
+    format!("{:.1} MB", bytes as f64 / 1e6)
+}
+
 /// The text around a JSON syntax error, for the diagnostic's "got".
 fn json_error_got(text: &str, e: &serde_json::Error) -> String {
     let column = e.column().saturating_sub(1);
@@ -323,6 +354,29 @@ mod tests {
         assert_eq!(p.diagnostics[0].kind, DiagnosticKind::UnknownFields);
         assert!(p.diagnostics[0].message.contains("id, src"));
         assert_eq!(p.examples.len(), 2);
+    }
+
+    #[test]
+    fn an_overlong_line_is_refused_without_parsing() {
+        let mut data = b"{\"text\":\"a\"}\n{\"text\":\"".to_vec();
+        data.extend(std::iter::repeat_n(b'x', MAX_LINE_BYTES));
+        data.extend(b"\"}\n{\"text\":\"b\"}\n");
+        let p = parse_jsonl("f", &data, None);
+        assert_eq!(p.examples.len(), 2);
+        let d = &p.diagnostics[0];
+        assert_eq!((d.line, d.kind), (2, DiagnosticKind::LineTooLong));
+        assert!(d
+            .to_string()
+            .starts_with("f:2: error[line_too_long] the line is 8.0 MB"));
+    }
+
+    #[test]
+    fn a_file_wide_problem_has_no_line_number() {
+        let p = parse_jsonl("f.jsonl", b"\n\n", None);
+        assert_eq!(
+            p.diagnostics[0].to_string(),
+            "f.jsonl: error[empty_file] the file holds no example"
+        );
     }
 
     #[test]

@@ -69,16 +69,14 @@ impl ChatFormatter {
     pub fn new(choice: &TemplateChoice, tokenizer: &TextTokenizer) -> Result<Self> {
         let kind = match choice {
             TemplateChoice::Auto => match tokenizer.chat_template() {
-                Some(source) => {
-                    FormatterKind::Jinja(Box::new(JinjaTemplate::new(source, tokenizer)?))
-                }
+                Some(source) => FormatterKind::Jinja(Box::new(model_template(source, tokenizer)?)),
                 None => mistral_v3(tokenizer)?,
             },
             TemplateChoice::Model => {
                 let source = tokenizer
                     .chat_template()
                     .ok_or_else(|| DataError::template("the model ships no chat template"))?;
-                FormatterKind::Jinja(Box::new(JinjaTemplate::new(source, tokenizer)?))
+                FormatterKind::Jinja(Box::new(model_template(source, tokenizer)?))
             }
             TemplateChoice::Jinja(source) => {
                 FormatterKind::Jinja(Box::new(JinjaTemplate::new(source, tokenizer)?))
@@ -154,6 +152,18 @@ impl ChatFormatter {
         }
         Ok(out)
     }
+}
+
+/// The model's own template; an error names the file (and field) it came from.
+fn model_template(source: &str, tokenizer: &TextTokenizer) -> Result<JinjaTemplate> {
+    JinjaTemplate::new(source, tokenizer).map_err(|error| {
+        match (error, tokenizer.chat_template_origin()) {
+            (DataError::Template { message }, Some(origin)) => {
+                DataError::template(format!("{origin}: {message}"))
+            }
+            (error, _) => error,
+        }
+    })
 }
 
 fn mistral_v3(tokenizer: &TextTokenizer) -> Result<FormatterKind> {

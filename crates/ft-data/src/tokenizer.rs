@@ -173,6 +173,8 @@ pub struct TextTokenizer {
     literal: Tokenizer,
     special: SpecialTokens,
     chat_template: Option<String>,
+    /// Where the chat template was read, for error messages.
+    chat_template_origin: Option<String>,
     bos_text: Option<String>,
     eos_text: Option<String>,
 }
@@ -211,24 +213,33 @@ impl TextTokenizer {
         let path = path.as_ref();
         let bytes = read(path)?;
         let tokenizer = Tokenizer::from_bytes(&bytes)
-            .map_err(|e| DataError::tokenizer(format!("{}: {e}", path.display())))?;
+            .map_err(|e| DataError::tokenizer(tokenizer_json_problem(path, &bytes, &e)))?;
         let dir = path.parent().unwrap_or(Path::new("."));
         let config_path = dir.join("tokenizer_config.json");
         let config: Value = if config_path.exists() {
-            serde_json::from_slice(&read(&config_path)?)
-                .map_err(|e| DataError::tokenizer(format!("{}: {e}", config_path.display())))?
+            serde_json::from_slice(&read(&config_path)?).map_err(|e| {
+                DataError::tokenizer(format!("{}: not valid JSON: {e}", config_path.display()))
+            })?
         } else {
             Value::Null
         };
-        let mut template = chat_template_from_config(&config);
+        let mut template = chat_template_from_config(&config).map_err(|message| {
+            DataError::tokenizer(format!("{}: {message}", config_path.display()))
+        })?;
+        let mut origin = format!("{} field `chat_template`", config_path.display());
         let jinja_path = dir.join("chat_template.jinja");
         if template.is_none() && jinja_path.exists() {
             template = Some(
                 String::from_utf8(read(&jinja_path)?)
                     .map_err(|e| DataError::template(format!("{}: {e}", jinja_path.display())))?,
             );
+            origin = jinja_path.display().to_string();
         }
-        Self::from_hf_parts(tokenizer, &config, template)
+        let mut tokenizer = Self::from_hf_parts(tokenizer, &config, template)?;
+        if tokenizer.chat_template.is_some() {
+            tokenizer.chat_template_origin = Some(origin);
+        }
+        Ok(tokenizer)
     }
 
     /// Builds from an in-memory HF tokenizer and its `tokenizer_config.json`
@@ -284,8 +295,15 @@ impl TextTokenizer {
     /// Loads the tokenizer stored in a GGUF file's metadata.
     pub fn from_gguf(path: impl AsRef<Path>) -> Result<Self> {
         let meta = GgufMetadata::read_file(path.as_ref())?;
-        Self::from_gguf_metadata(&meta)
-            .map_err(|e| DataError::tokenizer(format!("{}: {e}", path.as_ref().display())))
+        let mut tokenizer = Self::from_gguf_metadata(&meta)
+            .map_err(|e| DataError::tokenizer(format!("{}: {e}", path.as_ref().display())))?;
+        if tokenizer.chat_template.is_some() {
+            tokenizer.chat_template_origin = Some(format!(
+                "{} metadata `tokenizer.chat_template`",
+                path.as_ref().display()
+            ));
+        }
+        Ok(tokenizer)
     }
 
     /// Builds the tokenizer described by GGUF metadata
@@ -560,6 +578,7 @@ impl TextTokenizer {
             literal,
             special,
             chat_template,
+            chat_template_origin: None,
             bos_text,
             eos_text,
         }
@@ -632,6 +651,12 @@ impl TextTokenizer {
     /// Replaces the chat template.
     pub fn set_chat_template(&mut self, template: Option<String>) {
         self.chat_template = template;
+        self.chat_template_origin = None;
+    }
+
+    /// Where the model's chat template was read (a file and field), when known.
+    pub fn chat_template_origin(&self) -> Option<&str> {
+        self.chat_template_origin.as_deref()
     }
 
     /// The BOS token's text (for templates' `bos_token`).
@@ -666,18 +691,42 @@ fn read(path: &Path) -> Result<Vec<u8>> {
 }
 
 /// `chat_template` from a `tokenizer_config.json`: a string, or a list of
-/// named templates of which `default` is taken.
-fn chat_template_from_config(config: &Value) -> Option<String> {
-    match config.get("chat_template")? {
-        Value::String(s) => Some(s.clone()),
-        Value::Array(items) => items
+/// named templates of which `default` is taken. Any other value is an
+/// error: silently falling back to another format would train on the wrong
+/// markup.
+fn chat_template_from_config(config: &Value) -> std::result::Result<Option<String>, String> {
+    let expected = "field `chat_template`: expected a string or a list of \
+                    {\"name\", \"template\"} objects";
+    match config.get("chat_template") {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(Value::Array(items)) => items
             .iter()
             .find(|t| t.get("name").and_then(Value::as_str) == Some("default"))
             .or_else(|| items.first())
             .and_then(|t| t.get("template"))
             .and_then(Value::as_str)
-            .map(str::to_string),
-        _ => None,
+            .map(|template| Some(template.to_string()))
+            .ok_or_else(|| format!("{expected}, got a list without a `template` string")),
+        Some(other) => Err(format!("{expected}, got {other}")),
+    }
+}
+
+/// Why `tokenizer.json` did not load: not JSON at all, a `model.type` the
+/// tokenizers library does not know, or the library's own message.
+fn tokenizer_json_problem(path: &Path, bytes: &[u8], error: &dyn std::fmt::Display) -> String {
+    const MODEL_TYPES: [&str; 4] = ["BPE", "Unigram", "WordLevel", "WordPiece"];
+    let value: Value = match serde_json::from_slice(bytes) {
+        Ok(value) => value,
+        Err(json) => return format!("{}: not valid JSON: {json}", path.display()),
+    };
+    match value.pointer("/model/type") {
+        Some(Value::String(kind)) if !MODEL_TYPES.contains(&kind.as_str()) => format!(
+            "{}: field `model.type`: expected one of {}, got {kind:?}",
+            path.display(),
+            MODEL_TYPES.join(", ")
+        ),
+        _ => format!("{}: {error}", path.display()),
     }
 }
 

@@ -925,6 +925,17 @@ pub fn load_datasets(
     let valid_set = match (&config.data.valid, config.data.valid_split) {
         (Some(path), _) => Some(Dataset::load(&[path], tokenizer, &options)?),
         (None, split) if split > 0.0 => {
+            // A split needs one example on each side; with fewer, say so
+            // rather than report an empty training set after the split.
+            let count = train_set.examples.len();
+            if count < 2 {
+                return Err(TrainError::Config(format!(
+                    "{}: data.valid_split = {split} needs at least 2 examples (one to train on, \
+                     one to hold out), but the file has {count} usable: add examples, give a \
+                     separate data.valid file, or set data.valid_split = 0",
+                    train_path.display()
+                )));
+            }
             Some(split_off(&mut train_set, split, config.training.seed))
         }
         _ => None,

@@ -10,8 +10,9 @@ pub fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
-/// Runs `ft` in the workspace root with no `FT_*` settings from the caller.
-pub fn ft(args: &[&str]) -> Output {
+/// `ft` with `args`, to be run in the workspace root with no `FT_*`
+/// settings from the caller.
+pub fn ft_command<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_ft"));
     command.args(args).current_dir(root()).env("NO_COLOR", "1");
     for (key, _) in std::env::vars() {
@@ -19,5 +20,10 @@ pub fn ft(args: &[&str]) -> Output {
             command.env_remove(key);
         }
     }
-    command.output().expect("run ft")
+    command
+}
+
+/// Runs `ft` in the workspace root with no `FT_*` settings from the caller.
+pub fn ft(args: &[&str]) -> Output {
+    ft_command(args).output().expect("run ft")
 }
