@@ -2,7 +2,7 @@
 //! view that plugs them into the decoder's forward pass.
 
 use crate::{LoraError, Result};
-use ft_model::{layers::Linear, LinearAdapter, Model, ModelArgs, Projection};
+use ft_model::{layers::Linear, LayerAdapter, LinearAdapter, Model, ModelArgs, Projection};
 use mlx_rs::{random, Array, Dtype};
 use std::collections::HashMap;
 
@@ -267,20 +267,25 @@ pub struct LoraView<'a> {
     dropout_seed: Option<u64>,
 }
 
-impl LoraView<'_> {
-    fn dropout(&self, input: &Array, slot_index: usize) -> mlx_rs::error::Result<Array> {
-        let p = self.layout.spec.dropout;
-        match self.dropout_seed {
-            Some(seed) if p > 0.0 => {
-                let key = random::key(mix_seed(seed, slot_index as u64))?;
-                let keep = Array::from_f32((1.0 - p) as f32);
-                let mask = random::bernoulli(&keep, input.shape(), &key)?;
-                input
-                    .multiply(&mask.as_dtype(input.dtype())?)?
-                    .divide(&keep.as_dtype(input.dtype())?)
-            }
-            _ => Ok(input.clone()),
+/// Inverted dropout of a projection's input with probability `p`, the mask
+/// drawn from `seed` and the slot (the same mask when a checkpointed layer
+/// is recomputed); the identity without a seed (evaluation) or with `p = 0`.
+fn dropout(
+    p: f64,
+    seed: Option<u64>,
+    input: &Array,
+    slot_index: usize,
+) -> mlx_rs::error::Result<Array> {
+    match seed {
+        Some(seed) if p > 0.0 => {
+            let key = random::key(mix_seed(seed, slot_index as u64))?;
+            let keep = Array::from_f32((1.0 - p) as f32);
+            let mask = random::bernoulli(&keep, input.shape(), &key)?;
+            input
+                .multiply(&mask.as_dtype(input.dtype())?)?
+                .divide(&keep.as_dtype(input.dtype())?)
         }
+        _ => Ok(input.clone()),
     }
 }
 
@@ -296,24 +301,109 @@ impl LinearAdapter for LoraView<'_> {
         let Some(&slot_index) = self.layout.lookup.get(&(layer, projection)) else {
             return Ok(base_output);
         };
-        let slot = &self.layout.slots[slot_index];
-        let (a, b) = (&self.params[slot.first], &self.params[slot.first + 1]);
-        let scale = Array::from_f32(self.layout.spec.scale() as f32);
-        let x = self.dropout(input, slot_index)?;
-        let update = x.matmul(a)?.matmul(b)?.multiply(&scale)?;
-        let out_dtype = base_output.dtype();
-        let output = base_output.add(&update.as_dtype(out_dtype)?)?;
-        if !self.layout.spec.dora {
-            return Ok(output);
-        }
-        // DoRA: rescale rows by m / ||W + s·(AB)^T||, the norm held constant
-        // in the backward pass as the DoRA paper recommends.
-        let magnitude = &self.params[slot.first + 2];
-        let adapted = merged_weight(&frozen.weight, a, b, &scale)?;
-        let norms = mlx_rs::stop_gradient(&row_norms(&adapted)?)?;
-        let factor = magnitude.divide(&norms)?.as_dtype(out_dtype)?;
-        Ok(output.multiply(&factor)?)
+        let first = self.layout.slots[slot_index].first;
+        let per_slot = self.layout.arrays_per_slot();
+        apply_slot(
+            &self.layout.spec,
+            self.dropout_seed,
+            slot_index,
+            &self.params[first..first + per_slot],
+            frozen,
+            input,
+            base_output,
+        )
     }
+
+    fn layer_adapter(&self, layer: usize) -> Option<(Vec<Array>, Box<dyn LayerAdapter>)> {
+        let per_slot = self.layout.arrays_per_slot();
+        let mut slots = Vec::new();
+        let mut arrays = Vec::new();
+        for (index, slot) in self.layout.slots.iter().enumerate() {
+            if slot.layer == layer {
+                slots.push((slot.projection, index));
+                arrays.extend_from_slice(&self.params[slot.first..slot.first + per_slot]);
+            }
+        }
+        let owned = LoraLayer {
+            spec: self.layout.spec.clone(),
+            dropout_seed: self.dropout_seed,
+            slots,
+        };
+        Some((arrays, Box::new(owned)))
+    }
+}
+
+/// One layer's adapters, owning their settings: what a gradient-checkpointed
+/// layer recomputes with (see [`LinearAdapter::layer_adapter`]).
+struct LoraLayer {
+    spec: LoraSpec,
+    dropout_seed: Option<u64>,
+    /// Adapted projections of the layer with their slot index, in the order
+    /// their arrays are handed over.
+    slots: Vec<(Projection, usize)>,
+}
+
+impl LayerAdapter for LoraLayer {
+    fn adapt(
+        &self,
+        projection: Projection,
+        frozen: &Linear,
+        input: &Array,
+        base_output: Array,
+        arrays: &[Array],
+    ) -> ft_model::Result<Array> {
+        let Some(position) = self.slots.iter().position(|(p, _)| *p == projection) else {
+            return Ok(base_output);
+        };
+        let per_slot = if self.spec.dora { 3 } else { 2 };
+        let mine = arrays
+            .get(position * per_slot..(position + 1) * per_slot)
+            .ok_or_else(|| {
+                ft_model::Error::InvalidRequest(format!(
+                    "{} adapter arrays for a layer with {} adapted projections",
+                    arrays.len(),
+                    self.slots.len()
+                ))
+            })?;
+        apply_slot(
+            &self.spec,
+            self.dropout_seed,
+            self.slots[position].1,
+            mine,
+            frozen,
+            input,
+            base_output,
+        )
+    }
+}
+
+/// A projection's output with its LoRA (or DoRA) update: `arrays` are the
+/// slot's `a`, `b` and, with DoRA, `m`; dropout masks are drawn per slot.
+fn apply_slot(
+    spec: &LoraSpec,
+    dropout_seed: Option<u64>,
+    slot_index: usize,
+    arrays: &[Array],
+    frozen: &Linear,
+    input: &Array,
+    base_output: Array,
+) -> ft_model::Result<Array> {
+    let (a, b) = (&arrays[0], &arrays[1]);
+    let scale = Array::from_f32(spec.scale() as f32);
+    let x = dropout(spec.dropout, dropout_seed, input, slot_index)?;
+    let update = x.matmul(a)?.matmul(b)?.multiply(&scale)?;
+    let out_dtype = base_output.dtype();
+    let output = base_output.add(&update.as_dtype(out_dtype)?)?;
+    if !spec.dora {
+        return Ok(output);
+    }
+    // DoRA: rescale rows by m / ||W + s·(AB)^T||, the norm held constant
+    // in the backward pass as the DoRA paper recommends.
+    let magnitude = &arrays[2];
+    let adapted = merged_weight(&frozen.weight, a, b, &scale)?;
+    let norms = mlx_rs::stop_gradient(&row_norms(&adapted)?)?;
+    let factor = magnitude.divide(&norms)?.as_dtype(out_dtype)?;
+    Ok(output.multiply(&factor)?)
 }
 
 /// splitmix64 of `seed` and `salt`: independent, reproducible dropout

@@ -16,6 +16,7 @@ pub mod export;
 pub mod export_gguf;
 pub mod generate;
 pub mod gguf;
+pub mod grad_checkpoint;
 pub mod layers;
 pub mod load;
 pub mod model;
@@ -29,4 +30,6 @@ pub use export_gguf::{save_gguf, GgufExportOptions, GgufMetadataValue};
 pub use generate::{generate, generate_batch, Generation, SamplingOptions, StopReason};
 pub use layers::{Linear, Weight};
 pub use load::{load_model, LoadOptions, ModelSource};
-pub use model::{AttentionScope, KvCache, LinearAdapter, Model, NoAdapter, Projection};
+pub use model::{
+    AttentionScope, KvCache, LayerAdapter, LinearAdapter, Model, NoAdapter, Projection,
+};

@@ -84,6 +84,56 @@ pub trait LinearAdapter {
         input: &Array,
         base_output: Array,
     ) -> Result<Array>;
+
+    /// For gradient checkpointing: the arrays this adapter trains in decoder
+    /// layer `layer`, and an owned adapter for that layer that applies them
+    /// when handed (copies of) those arrays, so the layer can be recomputed
+    /// in the backward pass with gradients flowing to them. `None` (the
+    /// default) leaves the layer un-checkpointed: an adapter with trainable
+    /// arrays must return them here for checkpointing to save memory.
+    fn layer_adapter(&self, _layer: usize) -> Option<(Vec<Array>, Box<dyn LayerAdapter>)> {
+        None
+    }
+}
+
+/// One decoder layer's share of a [`LinearAdapter`], owning what it needs
+/// and taking the layer's trainable arrays as an argument (see
+/// [`LinearAdapter::layer_adapter`]).
+pub trait LayerAdapter {
+    /// [`LinearAdapter::adapt`] for this layer, with `arrays` in place of
+    /// the adapter's own arrays of the layer.
+    fn adapt(
+        &self,
+        projection: Projection,
+        frozen: &Linear,
+        input: &Array,
+        base_output: Array,
+        arrays: &[Array],
+    ) -> Result<Array>;
+}
+
+/// A [`LayerAdapter`] with its arrays, seen as a [`LinearAdapter`] of one layer.
+struct LayerArrays<'a> {
+    layer: usize,
+    adapter: &'a dyn LayerAdapter,
+    arrays: &'a [Array],
+}
+
+impl LinearAdapter for LayerArrays<'_> {
+    fn adapt(
+        &self,
+        layer: usize,
+        projection: Projection,
+        frozen: &Linear,
+        input: &Array,
+        base_output: Array,
+    ) -> Result<Array> {
+        if layer != self.layer {
+            return Ok(base_output);
+        }
+        self.adapter
+            .adapt(projection, frozen, input, base_output, self.arrays)
+    }
 }
 
 /// The identity adapter: the base model.
@@ -215,6 +265,9 @@ pub struct Model {
     pub lm_head: Option<Linear>,
     /// Llama-3 scaled RoPE periods (None: plain `rope_theta`).
     pub(crate) rope_periods: Option<Array>,
+    /// Recompute each layer's activations in the backward pass instead of
+    /// keeping them (see [`Model::set_gradient_checkpointing`]).
+    gradient_checkpointing: bool,
 }
 
 impl Model {
@@ -237,7 +290,23 @@ impl Model {
             norm,
             lm_head,
             rope_periods,
+            gradient_checkpointing: false,
         }
+    }
+
+    /// Gradient checkpointing per decoder layer: in a gradient computation,
+    /// only each layer's input is kept and the layer is recomputed in the
+    /// backward pass (MLX's `checkpoint`), trading about one more forward
+    /// pass for the activation memory of all layers but one. Applies to
+    /// forward passes without a KV cache, and to layers whose adapter
+    /// provides [`LinearAdapter::layer_adapter`].
+    pub fn set_gradient_checkpointing(&mut self, enabled: bool) {
+        self.gradient_checkpointing = enabled;
+    }
+
+    /// Whether gradient checkpointing is on.
+    pub fn gradient_checkpointing(&self) -> bool {
+        self.gradient_checkpointing
     }
 
     /// Logits `(batch, length, vocab)` for token ids `(batch, length)`.
@@ -275,9 +344,25 @@ impl Model {
             length,
             self.args.hidden_size as i32,
         ])?;
+        let context = LayerContext {
+            args: &self.args,
+            rope_periods: self.rope_periods.as_ref(),
+        };
         for (index, layer) in self.layers.iter().enumerate() {
+            if self.gradient_checkpointing && cache.is_none() {
+                if let Some((arrays, layer_adapter)) = adapter.layer_adapter(index) {
+                    hidden = self.checkpointed_layer(
+                        index,
+                        &hidden,
+                        arrays,
+                        layer_adapter,
+                        mask.clone(),
+                    )?;
+                    continue;
+                }
+            }
             let layer_cache = cache.as_mut().map(|c| &mut c.layers[index]);
-            hidden = self.layer_forward(
+            hidden = context.layer_forward(
                 index,
                 layer,
                 &hidden,
@@ -305,94 +390,42 @@ impl Model {
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn layer_forward(
+    /// Layer `index` through MLX's checkpoint: its inputs are the hidden
+    /// states and the layer's trainable arrays; the function owns copies of
+    /// the frozen layer and settings, as it may run again in the backward pass.
+    fn checkpointed_layer(
         &self,
         index: usize,
-        layer: &DecoderLayer,
-        x: &Array,
-        adapter: &dyn LinearAdapter,
-        cache: Option<&mut Option<(Array, Array)>>,
-        offset: i32,
-        mask: Option<&Array>,
+        hidden: &Array,
+        arrays: Vec<Array>,
+        layer_adapter: Box<dyn LayerAdapter>,
+        mask: Option<Array>,
     ) -> Result<Array> {
-        let eps = self.args.rms_norm_eps;
-        let normed = fast::rms_norm(x, Some(&layer.input_layernorm), eps)?;
-        let attended = self.attention(index, layer, &normed, adapter, cache, offset, mask)?;
-        let h = x.add(&attended)?;
-        let normed = fast::rms_norm(&h, Some(&layer.post_attention_layernorm), eps)?;
-        let project = |p: Projection, input: &Array| project(layer, index, adapter, p, input);
-        let gate = project(Projection::Gate, &normed)?;
-        let up = project(Projection::Up, &normed)?;
-        let activated = mlx_rs::nn::silu(&gate)?.multiply(&up)?;
-        let down = project(Projection::Down, &activated)?;
-        Ok(h.add(&down)?)
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn attention(
-        &self,
-        index: usize,
-        layer: &DecoderLayer,
-        x: &Array,
-        adapter: &dyn LinearAdapter,
-        cache: Option<&mut Option<(Array, Array)>>,
-        offset: i32,
-        mask: Option<&Array>,
-    ) -> Result<Array> {
-        let args = &self.args;
-        let (batch, length) = (x.shape()[0], x.shape()[1]);
-        let head_dim = args.head_dim as i32;
-        let project = |p: Projection, input: &Array| project(layer, index, adapter, p, input);
-        let split_heads = |t: Array, heads: usize| -> Result<Array> {
-            Ok(t.reshape(&[batch, length, heads as i32, head_dim])?
-                .transpose_axes(&[0, 2, 1, 3])?)
+        let layer = self.layers[index].clone();
+        let args = self.args.clone();
+        let rope_periods = self.rope_periods.clone();
+        let function = move |inputs: &[Array]| -> Result<Vec<Array>> {
+            let (x, arrays) = inputs.split_first().ok_or_else(|| {
+                crate::Error::InvalidRequest("checkpointed layer without input".into())
+            })?;
+            let context = LayerContext {
+                args: &args,
+                rope_periods: rope_periods.as_ref(),
+            };
+            let adapter = LayerArrays {
+                layer: index,
+                adapter: layer_adapter.as_ref(),
+                arrays,
+            };
+            let out = context.layer_forward(index, &layer, x, &adapter, None, 0, mask.as_ref())?;
+            Ok(vec![out])
         };
-        let queries = split_heads(project(Projection::Q, x)?, args.num_heads)?;
-        let keys = split_heads(project(Projection::K, x)?, args.num_kv_heads)?;
-        let values = split_heads(project(Projection::V, x)?, args.num_kv_heads)?;
-        let (base, periods) = match &self.rope_periods {
-            Some(periods) => (None, Some(periods)),
-            None => (Some(args.rope_theta), None),
-        };
-        let queries = fast::rope(&queries, head_dim, false, base, 1.0, offset, periods)?;
-        let mut keys = fast::rope(&keys, head_dim, false, base, 1.0, offset, periods)?;
-        let mut values = values;
-        if let Some(slot) = cache {
-            if let Some((old_keys, old_values)) = slot.take() {
-                keys = ops::concatenate(&[old_keys, keys], 2)?;
-                values = ops::concatenate(&[old_values, values], 2)?;
-            }
-            *slot = Some((keys.clone(), values.clone()));
-        }
-        let scale = 1.0 / (args.head_dim as f32).sqrt();
-        let output = match (mask, length) {
-            (Some(mask), _) => fast::scaled_dot_product_attention(
-                &queries,
-                &keys,
-                &values,
-                scale,
-                ScaledDotProductAttentionMask::Array(mask),
-                None,
-            )?,
-            (None, 1) => {
-                fast::scaled_dot_product_attention(&queries, &keys, &values, scale, None, None)?
-            }
-            (None, _) => fast::scaled_dot_product_attention(
-                &queries,
-                &keys,
-                &values,
-                scale,
-                ScaledDotProductAttentionMask::Causal,
-                None,
-            )?,
-        };
-        let merged = output.transpose_axes(&[0, 2, 1, 3])?.reshape(&[
-            batch,
-            length,
-            (args.num_heads as i32) * head_dim,
-        ])?;
-        project(Projection::O, &merged)
+        let mut inputs = Vec::with_capacity(arrays.len() + 1);
+        inputs.push(hidden.clone());
+        inputs.extend(arrays);
+        crate::grad_checkpoint::call(Box::new(function), &inputs)?
+            .pop()
+            .ok_or_else(|| crate::Error::InvalidRequest("checkpointed layer gave no output".into()))
     }
 
     /// An additive mask when plain causal masking is not enough: a cache
@@ -491,6 +524,105 @@ impl Model {
         }
         named.push(("model.norm.weight".into(), self.norm.clone()));
         named
+    }
+}
+
+/// What a decoder layer's forward pass needs from the model besides the
+/// layer itself (borrowed, so an owned copy can serve a checkpointed layer).
+struct LayerContext<'a> {
+    args: &'a ModelArgs,
+    rope_periods: Option<&'a Array>,
+}
+
+impl LayerContext<'_> {
+    #[allow(clippy::too_many_arguments)]
+    fn layer_forward(
+        &self,
+        index: usize,
+        layer: &DecoderLayer,
+        x: &Array,
+        adapter: &dyn LinearAdapter,
+        cache: Option<&mut Option<(Array, Array)>>,
+        offset: i32,
+        mask: Option<&Array>,
+    ) -> Result<Array> {
+        let eps = self.args.rms_norm_eps;
+        let normed = fast::rms_norm(x, Some(&layer.input_layernorm), eps)?;
+        let attended = self.attention(index, layer, &normed, adapter, cache, offset, mask)?;
+        let h = x.add(&attended)?;
+        let normed = fast::rms_norm(&h, Some(&layer.post_attention_layernorm), eps)?;
+        let project = |p: Projection, input: &Array| project(layer, index, adapter, p, input);
+        let gate = project(Projection::Gate, &normed)?;
+        let up = project(Projection::Up, &normed)?;
+        let activated = mlx_rs::nn::silu(&gate)?.multiply(&up)?;
+        let down = project(Projection::Down, &activated)?;
+        Ok(h.add(&down)?)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn attention(
+        &self,
+        index: usize,
+        layer: &DecoderLayer,
+        x: &Array,
+        adapter: &dyn LinearAdapter,
+        cache: Option<&mut Option<(Array, Array)>>,
+        offset: i32,
+        mask: Option<&Array>,
+    ) -> Result<Array> {
+        let args = self.args;
+        let (batch, length) = (x.shape()[0], x.shape()[1]);
+        let head_dim = args.head_dim as i32;
+        let project = |p: Projection, input: &Array| project(layer, index, adapter, p, input);
+        let split_heads = |t: Array, heads: usize| -> Result<Array> {
+            Ok(t.reshape(&[batch, length, heads as i32, head_dim])?
+                .transpose_axes(&[0, 2, 1, 3])?)
+        };
+        let queries = split_heads(project(Projection::Q, x)?, args.num_heads)?;
+        let keys = split_heads(project(Projection::K, x)?, args.num_kv_heads)?;
+        let values = split_heads(project(Projection::V, x)?, args.num_kv_heads)?;
+        let (base, periods) = match self.rope_periods {
+            Some(periods) => (None, Some(periods)),
+            None => (Some(args.rope_theta), None),
+        };
+        let queries = fast::rope(&queries, head_dim, false, base, 1.0, offset, periods)?;
+        let mut keys = fast::rope(&keys, head_dim, false, base, 1.0, offset, periods)?;
+        let mut values = values;
+        if let Some(slot) = cache {
+            if let Some((old_keys, old_values)) = slot.take() {
+                keys = ops::concatenate(&[old_keys, keys], 2)?;
+                values = ops::concatenate(&[old_values, values], 2)?;
+            }
+            *slot = Some((keys.clone(), values.clone()));
+        }
+        let scale = 1.0 / (args.head_dim as f32).sqrt();
+        let output = match (mask, length) {
+            (Some(mask), _) => fast::scaled_dot_product_attention(
+                &queries,
+                &keys,
+                &values,
+                scale,
+                ScaledDotProductAttentionMask::Array(mask),
+                None,
+            )?,
+            (None, 1) => {
+                fast::scaled_dot_product_attention(&queries, &keys, &values, scale, None, None)?
+            }
+            (None, _) => fast::scaled_dot_product_attention(
+                &queries,
+                &keys,
+                &values,
+                scale,
+                ScaledDotProductAttentionMask::Causal,
+                None,
+            )?,
+        };
+        let merged = output.transpose_axes(&[0, 2, 1, 3])?.reshape(&[
+            batch,
+            length,
+            (args.num_heads as i32) * head_dim,
+        ])?;
+        project(Projection::O, &merged)
     }
 }
 

@@ -6,7 +6,9 @@
 //! kept to undo a non-finite update; the activations every layer from the
 //! first adapted one onwards keeps for the backward pass (the layers before
 //! it need no backward and free theirs as they go); and the vocabulary-sized
-//! logits, which mlx-ft computes for target tokens only. The per-token
+//! logits, which mlx-ft computes for target tokens only. With gradient
+//! checkpointing a layer keeps only its input, plus one layer's full set
+//! while it is recomputed. The per-token
 //! activation count below lists what each block keeps; it was checked
 //! against MLX's measured peak (docs/memory.md).
 
@@ -167,7 +169,13 @@ pub fn estimate(
     let attention = 2 * heads * sequence_length * 4;
     let per_token_layer = kept_elements * dtype_bytes + attention;
     let backward_layers = adapted_layers;
-    let activations = tokens * per_token_layer * backward_layers;
+    let activations = if config.training.grad_checkpointing {
+        // Each layer's input is kept; one layer at a time is recomputed
+        // with everything it keeps during the backward pass.
+        tokens * hidden * dtype_bytes * backward_layers + tokens * per_token_layer
+    } else {
+        tokens * per_token_layer * backward_layers
+    };
     // Logits, exp/softmax and their gradient, float32, target tokens only.
     let logits = target_tokens * vocab * 4 * 3;
     let total = weights + adapters + gradients + optimizer + activations + logits;

@@ -171,18 +171,12 @@ impl Trainer {
 
     fn from_parts(
         config: Config,
-        model: Model,
+        mut model: Model,
         tokenizer: TextTokenizer,
         train_set: Dataset,
         valid_set: Option<Dataset>,
     ) -> Result<Self> {
-        if config.training.grad_checkpointing {
-            return Err(TrainError::Config(
-                "training.grad_checkpointing = true is not supported yet: set it to false \
-                 (`ft estimate-memory` shows what fits without it)"
-                    .into(),
-            ));
-        }
+        model.set_gradient_checkpointing(config.training.grad_checkpointing);
         let config_toml = config
             .to_toml_string()
             .map_err(|error| TrainError::Config(error.to_string()))?;

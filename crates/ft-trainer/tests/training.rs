@@ -281,3 +281,36 @@ fn the_skip_policy_keeps_the_weights_of_the_last_good_step() {
         assert!(param.as_slice::<f32>().iter().all(|v| v.is_finite()));
     }
 }
+
+#[test]
+fn gradient_checkpointing_changes_memory_not_results() {
+    let run = |checkpointing: bool| {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut config = config(dir.path(), 4);
+        config.lora.dropout = 0.1;
+        config.training.grad_checkpointing = checkpointing;
+        let mut trainer = Trainer::with_model(config, model(8), tokenizer()).expect("trainer");
+        trainer.train(&mut NoCallbacks).expect("train");
+        (
+            train_losses(&dir.path().join("run")),
+            trainer.adapters().params.clone(),
+        )
+    };
+    let (plain_losses, plain) = run(false);
+    let (losses, params) = run(true);
+    assert_eq!(plain_losses.len(), 4);
+    for ((step, a), (_, b)) in plain_losses.iter().zip(&losses) {
+        assert!((a - b).abs() < 1e-5, "step {step}: {a} vs {b}");
+    }
+    for (a, b) in plain.iter().zip(&params) {
+        let diff = a
+            .subtract(b)
+            .and_then(|d| d.abs())
+            .and_then(|d| d.max(None))
+            .expect("diff");
+        assert!(
+            diff.as_slice::<f32>()[0] < 1e-5,
+            "adapter differs by {diff:?}"
+        );
+    }
+}
