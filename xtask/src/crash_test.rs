@@ -121,8 +121,7 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
     );
     let started = Instant::now();
     let reference_dir = harness.out.join("reference");
-    harness.train(&reference_dir, false)?;
-    let reference_seconds = started.elapsed().as_secs_f64();
+    let (reference_seconds, step_seconds) = harness.reference(&reference_dir)?;
     let reference = RunFiles::read(&reference_dir)?;
     eprintln!(
         "reference: {STEPS} steps uninterrupted in {reference_seconds:.1} s, \
@@ -136,14 +135,19 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
     let mut byte_identical = 0;
     println!("trial  kill at   step  phase                      resumed from   final adapter");
     for trial in 1..=options.trials {
-        // Odd trials: a uniformly random moment; even ones: inside a checkpoint write.
-        let aim = if trial % 2 == 1 {
-            Aim::At(reference_seconds * (0.05 + 0.9 * rng.unit()))
-        } else {
-            Aim::InWrite {
+        // A uniformly random moment of the run (start-up included), a
+        // random moment of a random step (its computation, evaluation or
+        // checkpoint), or right inside a checkpoint write, in turn.
+        let aim = match trial % 3 {
+            1 => Aim::At(reference_seconds * (0.05 + 0.8 * rng.unit())),
+            2 => Aim::InWrite {
                 step: 1 + (rng.next() % (STEPS - 1)),
                 delay: Duration::from_micros(rng.next() % 3000),
-            }
+            },
+            _ => Aim::AfterStep {
+                step: 1 + (rng.next() % (STEPS - 1)),
+                delay: step_seconds.mul_f64(1.5 * rng.unit()),
+            },
         };
         let outcome = harness.trial(trial, aim, &reference);
         match outcome {
@@ -234,6 +238,8 @@ enum Aim {
     At(f64),
     /// `delay` after the temporary directory of checkpoint `step` appears.
     InWrite { step: u64, delay: Duration },
+    /// `delay` after the metrics record of `step` appears.
+    AfterStep { step: u64, delay: Duration },
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -323,6 +329,33 @@ impl Harness {
         Ok(output)
     }
 
+    /// The uninterrupted run: its wall time, and the mean wall time of a
+    /// step with its evaluation and checkpoint (after the first step).
+    fn reference(&self, run: &Path) -> Result<(f64, Duration)> {
+        let mut child = self.spawn(run)?;
+        let started = Instant::now();
+        let metrics = run.join("metrics.jsonl");
+        let mut first_step = None;
+        let status = loop {
+            if let Some(status) = child.try_wait()? {
+                break status;
+            }
+            if first_step.is_none() && last_train_step(&metrics) >= 1 {
+                first_step = Some(started.elapsed());
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        };
+        if !status.success() {
+            bail!(
+                "the uninterrupted run exited with {status}; see {}",
+                run.with_extension("log").display()
+            );
+        }
+        let total = started.elapsed();
+        let per_step = total.saturating_sub(first_step.unwrap_or_default()) / (STEPS as u32 - 1);
+        Ok((total.as_secs_f64(), per_step))
+    }
+
     fn spawn(&self, run: &Path) -> Result<Child> {
         fs::create_dir_all(run)?;
         let log = fs::File::create(run.with_extension("log"))?;
@@ -350,6 +383,13 @@ impl Harness {
                     .join(format!(".step-{step:06}.partial"));
                 while !partial.exists() && child.try_wait()?.is_none() {
                     std::thread::sleep(Duration::from_micros(200));
+                }
+                std::thread::sleep(delay);
+            }
+            Aim::AfterStep { step, delay } => {
+                let metrics = run.join("metrics.jsonl");
+                while last_train_step(&metrics) < step && child.try_wait()?.is_none() {
+                    std::thread::sleep(Duration::from_millis(1));
                 }
                 std::thread::sleep(delay);
             }
@@ -543,8 +583,8 @@ fn phase_after_kill(run: &Path) -> String {
     if run.join("adapter/adapters.safetensors").is_file() {
         return "after the end".into();
     }
-    if !run.join("metrics.jsonl").exists() {
-        return "start-up".into();
+    if last_train_step(&run.join("metrics.jsonl")) == 0 {
+        return "start-up or step 1".into();
     }
     "training".into()
 }
