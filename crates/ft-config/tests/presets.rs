@@ -61,10 +61,10 @@ fn mistral_bf16_preset_fits_a_24gb_m4() {
     assert_eq!(config.lora.num_layers, LoraLayers::Last(16));
     assert!((1..=2).contains(&config.training.batch_size));
     assert!((4..=8).contains(&config.training.grad_accumulation));
-    // Without gradient checkpointing (not supported yet), 512 tokens is what
-    // fits (docs/memory.md).
-    assert!(!config.training.grad_checkpointing);
-    assert_eq!(config.data.max_seq_len, 512);
+    // With gradient checkpointing 1024 tokens fit with room to spare
+    // (docs/memory.md).
+    assert!(config.training.grad_checkpointing);
+    assert_eq!(config.data.max_seq_len, 1024);
 }
 
 #[test]
@@ -81,6 +81,8 @@ fn mistral_qlora_preset_extends_the_bf16_one() {
         loaded.source_of("model.quantization.bits"),
         Some(Source::File { depth: 0, .. })
     ));
+    assert!(loaded.config.training.grad_checkpointing);
+    assert_eq!(loaded.config.data.max_seq_len, 2048);
 }
 
 #[test]
@@ -128,4 +130,5 @@ fn presets_can_be_extended_and_overridden() {
     assert_eq!(loaded.config.lora.rank, 2);
     assert!(loaded.config.model.quantization.spec().is_some());
     assert_eq!(loaded.config.data.max_seq_len, 1024);
+    assert!(loaded.config.training.grad_checkpointing);
 }
