@@ -87,9 +87,19 @@ pub struct LoadedModel {
 /// Loads `model` (directory, GGUF or built-in name) for inference:
 /// dequantized to float32, the fast path on CPU.
 pub fn load_for_inference(model: &str, adapter: Option<&PathBuf>) -> Result<LoadedModel, Failure> {
+    load_with_adapter(model, adapter, true)
+}
+
+/// [`load_for_inference`], keeping a quantized base quantized unless
+/// `dequantize` (what `ft fuse` without `--dequantize` needs).
+pub fn load_with_adapter(
+    model: &str,
+    adapter: Option<&PathBuf>,
+    dequantize: bool,
+) -> Result<LoadedModel, Failure> {
     let tokenizer = ft_trainer::model_tokenizer(model).map_err(train_failure)?;
     let options = LoadOptions {
-        dequantize: true,
+        dequantize,
         ..LoadOptions::default()
     };
     let model_weights = ft_model::load_model(model, &options).map_err(model_failure)?;

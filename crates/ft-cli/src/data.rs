@@ -148,8 +148,9 @@ struct RenderArgs {
     /// A JSONL file.
     #[arg(value_name = "FILE")]
     file: PathBuf,
-    /// A tokenizer.json, a model directory, a .gguf file or a built-in model name.
-    #[arg(long, value_name = "T", default_value = ft_config::DEFAULT_MODEL)]
+    /// A tokenizer.json, a model directory, a .gguf file or a built-in model
+    /// name (`--model M` means the same, as in `validate` and `stats`).
+    #[arg(long, visible_alias = "model", value_name = "T", default_value = ft_config::DEFAULT_MODEL)]
     tokenizer: String,
     #[command(flatten)]
     encode: EncodeArgs,

@@ -225,9 +225,11 @@ pub fn run(args: &Args) -> Result<(), Failure> {
                 None => println!(),
             }
             for sample in &task.samples {
-                println!("  prompt:    {}", sample.prompt);
-                println!("  reference: {}", sample.reference);
-                println!("  reply:     {}", sample.reply);
+                // Continuation lines indented under their label.
+                let indent = |text: &str| text.replace('\n', "\n             ");
+                println!("  prompt:    {}", indent(&sample.prompt));
+                println!("  reference: {}", indent(&sample.reference));
+                println!("  reply:     {}", indent(&sample.reply));
             }
         }
     }

@@ -1,7 +1,7 @@
 //! `ft fuse` (adapter merged into the base weights, saved as a model) and
 //! `ft export` (an adapter rewritten in mlx-lm or PEFT format).
 
-use crate::common::{data_failure, load_for_inference, lora_failure, model_failure};
+use crate::common::{data_failure, load_with_adapter, lora_failure, model_failure};
 use crate::Failure;
 use anyhow::anyhow;
 use ft_data::GgufValue;
@@ -169,7 +169,7 @@ pub fn run_fuse(args: &FuseArgs) -> Result<(), Failure> {
             format!("{dtype:?}").to_lowercase()
         );
     }
-    let loaded = load_for_inference(&args.model, Some(&args.adapter))?;
+    let loaded = load_with_adapter(&args.model, Some(&args.adapter), dequantize)?;
     let adapters = loaded
         .adapters
         .as_ref()

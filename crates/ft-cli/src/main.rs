@@ -99,6 +99,12 @@ pub enum Failure {
 }
 
 fn main() -> ExitCode {
+    // Like other Unix tools, stop quietly when the reader of our output
+    // goes away (`ft data validate ... | head`) instead of failing on EPIPE.
+    // SAFETY: restoring the default disposition of a signal at start-up.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(error) => {

@@ -238,8 +238,9 @@ pub fn run(args: &Args) -> Result<(), Failure> {
     }
     if summary.stop == StopCause::Interrupted {
         println!(
+            // The run's own effective config: it keeps every --set override.
             "resume with: ft train --config {} --resume {}",
-            args.run.config.display(),
+            info.run_dir.join("config.toml").display(),
             info.run_dir.display()
         );
     }

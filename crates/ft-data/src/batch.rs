@@ -293,7 +293,11 @@ impl<'d> Batcher<'d> {
     fn check(&self, cursor: &Cursor) -> Result<()> {
         if cursor.fingerprint != 0 && cursor.fingerprint != self.fingerprint {
             return Err(DataError::Cursor {
-                message: "the cursor was saved for other data or batch options".into(),
+                message: "the checkpoint was saved for other training data or batch settings \
+                          (data files, data.max_seq_len, data.packing, training.batch_size, seed); \
+                          resume with the run's own configuration: \
+                          ft train --config RUN_DIR/config.toml --resume RUN_DIR"
+                    .into(),
             });
         }
         Ok(())
