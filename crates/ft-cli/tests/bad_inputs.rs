@@ -323,6 +323,11 @@ fn mutate_model(dir: &Path, what: &str) {
         "tokenizer-config-template-syntax-error" => edit_tokenizer_config(&|c| {
             c["chat_template"] = json!("{% for m in messages %}{{ m.content }");
         }),
+        "tokenizer-config-template-runaway" => edit_tokenizer_config(&|c| {
+            c["chat_template"] = json!(
+                "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}"
+            );
+        }),
         other => panic!("unknown tiny-model mutation {other}"),
     }
 }

@@ -38,6 +38,8 @@
 #[macro_use]
 mod schema;
 mod config;
+#[cfg(any(test, feature = "fuzz"))]
+pub mod fuzz;
 mod loader;
 #[cfg(test)]
 mod proptests;

@@ -1,14 +1,22 @@
-//! Property tests across modules: parsing never panics, examples round-trip
-//! through formatting, tokenization and decoding.
+//! Property tests across modules: examples round-trip through formatting,
+//! tokenization and decoding; and the fuzz targets (`fuzz_*`, run long by
+//! `cargo xtask fuzz`, see `ft_config::fuzz`): the JSONL reader and
+//! validator on arbitrary bytes and on edited valid lines, the chat
+//! formatter on arbitrary conversations and on arbitrary or edited template
+//! sources. None may panic; every problem is a located diagnostic or a typed
+//! error.
 #![allow(clippy::unwrap_used)]
 
 use proptest::prelude::*;
 
-use crate::diagnostic::Diagnostic;
-use crate::encode::{EncodeOptions, Encoder};
+use ft_config::fuzz::{fuzz, mutated};
+
+use crate::diagnostic::{Diagnostic, DiagnosticKind};
+use crate::encode::{EncodeOptions, Encoder, OverLengthPolicy, TrainOn};
+use crate::error::DataError;
 use crate::format::{Example, Message, Role};
 use crate::jsonl::parse_jsonl;
-use crate::template::TemplateChoice;
+use crate::template::{ChatFormatter, TemplateChoice};
 use crate::test_support::{default_tokenizer, tiny_spm};
 use crate::tokenizer::TextTokenizer;
 
@@ -97,22 +105,6 @@ proptest! {
     #![proptest_config(ProptestConfig::with_cases(64))]
 
     #[test]
-    fn random_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..200)) {
-        let line: Vec<u8> = bytes.into_iter().filter(|b| *b != b'\n').collect();
-        let parsed = parse_jsonl("f", &line, None);
-        let errors = parsed.diagnostics.iter().filter(|d| d.is_error()).count();
-        prop_assert!(parsed.examples.len() + usize::from(errors > 0) == 1);
-    }
-
-    #[test]
-    fn json_like_lines_never_panic(line in r#"\{("(messages|prompt|completion|text|label|role|content)": ?(\[|\{|"[a-z ]{0,5}"|true|1|null|\]|\}|,)){0,8}\}?"#) {
-        let parsed = parse_jsonl("f", line.as_bytes(), None);
-        let has_error = parsed.diagnostics.iter().any(Diagnostic::is_error);
-        prop_assert!(parsed.examples.len() == 1 || has_error);
-        prop_assert!(!(parsed.examples.len() == 1 && has_error));
-    }
-
-    #[test]
     fn examples_round_trip_mistral_format(example in example()) {
         check_round_trip(&tiny_spm(), &example, "</s>");
     }
@@ -164,4 +156,473 @@ fn raw_format_round_trips() {
         trained_runs(&tokenizer, &out.ids, &out.mask),
         vec!["the world</s>"]
     );
+}
+
+/// A case slower than this counts as a failure (a hang in the making).
+const SLOW_CASE: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The tokenizers the fuzz targets encode with: the tiny SentencePiece one
+/// (Mistral v3 format, byte fallback) and, when installed, the default
+/// model's (ChatML template).
+fn fuzz_tokenizers() -> Vec<&'static TextTokenizer> {
+    static TINY: std::sync::OnceLock<TextTokenizer> = std::sync::OnceLock::new();
+    let mut all = vec![TINY.get_or_init(tiny_spm)];
+    all.extend(default_model());
+    all
+}
+
+/// Every diagnostic names the file and a line of it (line 0 only for
+/// problems of the whole file), and says what kind of problem it is.
+fn check_located(
+    diagnostics: &[Diagnostic],
+    lines: usize,
+    context: &str,
+) -> Result<(), TestCaseError> {
+    for d in diagnostics {
+        prop_assert_eq!(&d.file, "f.jsonl", "{}", context);
+        let whole_file = matches!(
+            d.kind,
+            DiagnosticKind::EmptyFile | DiagnosticKind::UnknownFields
+        );
+        prop_assert!(
+            d.line >= 1 && d.line <= lines || d.line == 0 && whole_file,
+            "{}: diagnostic at line {} of {}: {}",
+            context,
+            d.line,
+            lines,
+            d
+        );
+        let text = d.to_string();
+        prop_assert!(text.starts_with("f.jsonl"), "{}: {}", context, text);
+        prop_assert!(!d.message.is_empty(), "{}: empty message", context);
+    }
+    Ok(())
+}
+
+/// Reads `bytes` as a JSONL file and encodes what it holds with each fuzz
+/// tokenizer under `options`: no panic, every problem located, and only
+/// lines without errors become examples.
+fn read_and_encode(bytes: &[u8], options: &EncodeOptions) -> Result<(), TestCaseError> {
+    let started = std::time::Instant::now();
+    let parsed = parse_jsonl("f.jsonl", bytes, None);
+    let lines = parsed.counts.lines.max(1);
+    check_located(&parsed.diagnostics, lines, "read")?;
+    for example in &parsed.examples {
+        let line = example.source.line;
+        let errors_there = parsed
+            .diagnostics
+            .iter()
+            .any(|d| d.line == line && d.is_error());
+        prop_assert!(!errors_there, "line {} is an example and an error", line);
+    }
+    for tokenizer in fuzz_tokenizers() {
+        let encoder = match Encoder::new(tokenizer, options.clone()) {
+            Ok(encoder) => encoder,
+            // Mistral v3 markup with a vocabulary that lacks [INST]: refused, typed.
+            Err(DataError::Template { .. }) => continue,
+            Err(other) => return Err(TestCaseError::fail(format!("encoder: {other:?}"))),
+        };
+        let encoded = encoder.encode_all(&parsed.examples);
+        check_located(&encoded.diagnostics, lines, "encode")?;
+        for example in &encoded.examples {
+            prop_assert_eq!(example.ids.len(), example.mask.len());
+            prop_assert!(example.ids.len() <= options.max_len);
+        }
+    }
+    prop_assert!(
+        started.elapsed() < SLOW_CASE,
+        "{} bytes took {:?}",
+        bytes.len(),
+        started.elapsed()
+    );
+    Ok(())
+}
+
+fn encode_options() -> impl Strategy<Value = EncodeOptions> {
+    (
+        2_usize..96,
+        prop_oneof![
+            Just(OverLengthPolicy::Truncate),
+            Just(OverLengthPolicy::Drop),
+            Just(OverLengthPolicy::Error)
+        ],
+        prop_oneof![Just(TrainOn::Completions), Just(TrainOn::All)],
+        prop_oneof![
+            Just(TemplateChoice::Auto),
+            Just(TemplateChoice::MistralV3),
+            Just(TemplateChoice::Raw)
+        ],
+    )
+        .prop_map(|(max_len, over_length, train_on, template)| EncodeOptions {
+            max_len,
+            over_length,
+            train_on,
+            template,
+            parallel: false,
+            ..EncodeOptions::default()
+        })
+}
+
+/// JSON-looking lines: the fields and values the formats use, in any order.
+fn json_ish_line() -> impl Strategy<Value = String> {
+    r#"\{("(messages|prompt|completion|text|label|role|content|chosen)": ?(\[|\{|"[a-zé <|>\[\]/]{0,8}"|true|false|1|-0\.5e9|null|\]|\}|,)){0,10}\}?"#
+}
+
+/// The JSONL reader and validator on arbitrary bytes: raw bytes, newlines,
+/// JSON-looking lines, byte-order marks and carriage returns.
+#[test]
+fn fuzz_jsonl_bytes() {
+    let line = prop_oneof![
+        prop::collection::vec(any::<u8>(), 0..120),
+        json_ish_line().prop_map(String::into_bytes),
+        Just(b"\xEF\xBB\xBF".to_vec()),
+        Just(b"\r".to_vec()),
+        Just(Vec::new()),
+    ];
+    let file = prop::collection::vec(line, 0..12).prop_map(|lines| lines.join(&b'\n'));
+    fuzz(
+        "jsonl_bytes",
+        64,
+        (file, encode_options()),
+        |(bytes, options)| read_and_encode(&bytes, &options),
+    );
+}
+
+fn fixture(name: &str) -> Vec<u8> {
+    std::fs::read(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(name)).unwrap()
+}
+
+/// Valid and defective lines of the fixtures and the demo data, edited at
+/// random with JSON syntax, roles, special tokens and odd Unicode.
+#[test]
+fn fuzz_jsonl_mutated_lines() {
+    let mut seeds: Vec<Vec<u8>> = Vec::new();
+    for name in [
+        "tests/fixtures/chat_small.jsonl",
+        "tests/fixtures/preference_small.jsonl",
+        "tests/fixtures/defects.jsonl",
+        "tests/fixtures/defects_preference.jsonl",
+        "../../examples/data/demo/train.jsonl",
+    ] {
+        let text = fixture(name);
+        seeds.extend(text.split(|b| *b == b'\n').take(40).map(<[u8]>::to_vec));
+        // Whole small files too, so edits can join and split lines.
+        if text.len() < 4096 {
+            seeds.push(text);
+        }
+    }
+    let dictionary: Vec<Vec<u8>> = [
+        "{",
+        "}",
+        "[",
+        "]",
+        "\"",
+        ":",
+        ",",
+        "\\",
+        "\\u0000",
+        "\\ud800",
+        "\\n",
+        "\n",
+        "\r\n",
+        "\"role\"",
+        "\"content\"",
+        "\"messages\"",
+        "\"prompt\"",
+        "\"completion\"",
+        "\"text\"",
+        "\"label\"",
+        "\"system\"",
+        "\"user\"",
+        "\"assistant\"",
+        "\"tool\"",
+        "null",
+        "true",
+        "1e999",
+        "-0",
+        "\"\"",
+        "[]",
+        "{}",
+        "<|im_start|>",
+        "<|im_end|>",
+        "[INST]",
+        "[/INST]",
+        "</s>",
+        "<s>",
+        "{{",
+        "{%",
+        "\u{FEFF}",
+        "\u{F8F0}ft-assistant-open\u{F8F1}",
+        "é",
+        "日本",
+        "🤖",
+        "\u{200D}",
+        "\u{0}",
+    ]
+    .iter()
+    .map(|token| token.as_bytes().to_vec())
+    .chain([vec![0xff], vec![0xc3], vec![0xed, 0xa0, 0x80]])
+    .collect();
+    fuzz(
+        "jsonl_mutated_lines",
+        64,
+        (mutated(seeds, dictionary, 8), encode_options()),
+        |(bytes, options)| read_and_encode(&bytes, &options),
+    );
+}
+
+/// Message contents that stress templates and tokenizers.
+fn hostile_content() -> impl Strategy<Value = String> {
+    prop_oneof![
+        any::<String>(),
+        Just(String::new()),
+        Just(" \n\t ".to_string()),
+        "(<\\|im_start\\|>|<\\|im_end\\|>|\\[INST\\]|\\[/INST\\]|</s>|<s>|<unk>|\\{\\{|\\}\\}|\\{%|%\\}|\u{F8F0}ft-assistant-open\u{F8F1}|\u{F8F0}ft-assistant-close\u{F8F1}|[a-zé日🤖 ]{1,6}|\\\\|\\n){1,8}",
+        content(),
+    ]
+}
+
+fn role() -> impl Strategy<Value = Role> {
+    prop_oneof![Just(Role::System), Just(Role::User), Just(Role::Assistant)]
+}
+
+/// Conversations in any order of roles (system late, assistant first,
+/// repeated turns, none at all) with hostile contents.
+fn any_conversation() -> impl Strategy<Value = Vec<Message>> {
+    prop::collection::vec(
+        (role(), hostile_content()).prop_map(|(role, content)| Message::new(role, content)),
+        0..7,
+    )
+}
+
+/// Rendering and tokenizing must end in ids with one mask entry each, or a
+/// typed template/tokenizer error.
+fn check_formatter(
+    formatter: &ChatFormatter,
+    tokenizer: &TextTokenizer,
+    messages: &[Message],
+) -> Result<(), TestCaseError> {
+    let started = std::time::Instant::now();
+    match formatter.encode(tokenizer, messages) {
+        Ok(out) => prop_assert_eq!(out.ids.len(), out.mask.len()),
+        Err(DataError::Template { message } | DataError::Tokenizer { message }) => {
+            prop_assert!(!message.is_empty());
+        }
+        Err(other) => prop_assert!(false, "untyped error: {other:?}"),
+    }
+    if messages.last().is_some_and(|m| m.role == Role::User) {
+        match formatter.encode_prompt(tokenizer, messages) {
+            Ok(_) | Err(DataError::Template { .. } | DataError::Tokenizer { .. }) => {}
+            Err(other) => prop_assert!(false, "untyped error: {other:?}"),
+        }
+    }
+    prop_assert!(
+        started.elapsed() < SLOW_CASE,
+        "took {:?}",
+        started.elapsed()
+    );
+    Ok(())
+}
+
+/// The chat formatters (the model's Jinja template, Mistral v3, raw) on
+/// arbitrary conversations.
+#[test]
+fn fuzz_template_messages() {
+    let mut formatters = Vec::new();
+    for tokenizer in fuzz_tokenizers() {
+        for choice in [
+            TemplateChoice::Auto,
+            TemplateChoice::MistralV3,
+            TemplateChoice::Raw,
+            TemplateChoice::Jinja(TEMPLATE_SEEDS[1].to_string()),
+        ] {
+            if let Ok(formatter) = ChatFormatter::new(&choice, tokenizer) {
+                formatters.push((formatter, tokenizer));
+            }
+        }
+    }
+    assert!(formatters.len() >= 3, "{} formatters", formatters.len());
+    fuzz(
+        "template_messages",
+        64,
+        (0..formatters.len(), any_conversation()),
+        |(index, messages)| {
+            let (formatter, tokenizer) = &formatters[index];
+            check_formatter(formatter, tokenizer, &messages)
+        },
+    );
+}
+
+/// Chat templates of real model families (shortened), the seeds of the
+/// template-source target.
+const TEMPLATE_SEEDS: &[&str] = &[
+    // ChatML (SmolLM2, Qwen).
+    "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}{{ '<|im_start|>system\nYou are a helpful AI assistant<|im_end|>\n' }}{% endif %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}",
+    // Llama 3.
+    "{{ bos_token }}{% for message in messages %}{{ '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n' + message['content'] | trim + '<|eot_id|>' }}{% endfor %}{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}",
+    // Mistral v0.3 (Hugging Face), with its role checks.
+    "{%- if messages[0]['role'] == 'system' %}{%- set system_message = messages[0]['content'] %}{%- set loop_messages = messages[1:] %}{%- else %}{%- set loop_messages = messages %}{%- endif %}{{- bos_token }}{%- for message in loop_messages %}{%- if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}{{- raise_exception('After the optional system message, conversation roles must alternate user/assistant/user/assistant/...') }}{%- endif %}{%- if message['role'] == 'user' %}{%- if loop.last and system_message is defined %}{{- '[INST] ' + system_message + '\n\n' + message['content'] + '[/INST]' }}{%- else %}{{- '[INST] ' + message['content'] + '[/INST]' }}{%- endif %}{%- elif message['role'] == 'assistant' %}{{- ' ' + message['content']|trim + eos_token}}{%- else %}{{- raise_exception('Only user and assistant roles are supported, with the exception of an initial optional system message!') }}{%- endif %}{%- endfor %}",
+    // Zephyr, with a namespace and filters.
+    "{% set ns = namespace(n=0) %}{% for message in messages %}{% set ns.n = ns.n + 1 %}{{ '<|' ~ message.role ~ '|>\n' ~ message.content | replace('\r', '') ~ eos_token ~ '\n' }}{% endfor %}{% if add_generation_prompt %}<|assistant|>\n{% endif %}{{ ns.n | string | length * '' }}",
+    // Gemma, with strftime and slicing.
+    "{{ bos_token }}{% if messages[0]['role'] == 'system' %}{{ raise_exception('System role not supported') }}{% endif %}{% for message in messages %}{% set role = 'model' if message['role'] == 'assistant' else message['role'] %}{{ '<start_of_turn>' + role + '\n' + message['content'][:4000] | trim + '<end_of_turn>\n' }}{% endfor %}{% if add_generation_prompt %}{{'<start_of_turn>model\n'}}{% endif %}{# {{ strftime_now('%Y-%m-%d') }} #}",
+];
+
+/// Template sources: the seeds edited at random with Jinja syntax, filters,
+/// loops and calls, and arbitrary text. A source that compiles is then
+/// rendered on a few conversations.
+#[test]
+fn fuzz_template_sources() {
+    let seeds: Vec<Vec<u8>> = TEMPLATE_SEEDS
+        .iter()
+        .map(|seed| seed.as_bytes().to_vec())
+        .collect();
+    let dictionary: Vec<Vec<u8>> = [
+        "{{",
+        "}}",
+        "{%",
+        "%}",
+        "{#",
+        "#}",
+        "{%-",
+        "-%}",
+        "(",
+        ")",
+        "[",
+        "]",
+        "'",
+        "\"",
+        "|",
+        "~",
+        "+",
+        "*",
+        "/",
+        "//",
+        "%",
+        ".",
+        ",",
+        ":",
+        "=",
+        "==",
+        "!=",
+        " and ",
+        " or ",
+        " not ",
+        " in ",
+        " is ",
+        "{% for m in messages %}",
+        "{% endfor %}",
+        "{% if x %}",
+        "{% endif %}",
+        "{% else %}",
+        "{% set x = 1 %}",
+        "{% macro f(a) %}{{ f(a) }}{% endmacro %}{{ f(1) }}",
+        "loop.index",
+        "loop.cycle('a','b')",
+        "messages",
+        "message['content']",
+        "message.role",
+        "bos_token",
+        "eos_token",
+        "add_generation_prompt",
+        "raise_exception('x')",
+        "strftime_now('%Y')",
+        "namespace(a=1)",
+        "range(5)",
+        "| trim",
+        "| tojson",
+        "| length",
+        "| upper",
+        "| list",
+        "| join(',')",
+        "| reverse",
+        "| int",
+        "| default('d')",
+        "[::-1]",
+        "[1:]",
+        "999999999",
+        "{% for i in range(100000) %}",
+        "* 100000",
+        "-1",
+        "1e308",
+        "none",
+        "true",
+        "'\\u{0}'",
+        "\u{0}",
+        "é",
+        "\n",
+    ]
+    .iter()
+    .map(|token| token.as_bytes().to_vec())
+    .collect();
+    let source = prop_oneof![
+        3 => mutated(seeds, dictionary, 6)
+            .prop_map(|bytes| String::from_utf8_lossy(&bytes).into_owned()),
+        1 => any::<String>(),
+    ];
+    let conversations: Vec<Vec<Message>> = vec![
+        vec![
+            Message::new(Role::User, "hi"),
+            Message::new(Role::Assistant, "hello"),
+        ],
+        vec![
+            Message::new(Role::System, "Be brief."),
+            Message::new(Role::User, "q"),
+            Message::new(Role::Assistant, "a"),
+            Message::new(Role::User, "<|im_end|>{{ x }}"),
+        ],
+        Vec::new(),
+    ];
+    let tokenizers = fuzz_tokenizers();
+    fuzz("template_sources", 64, source, |source| {
+        for tokenizer in &tokenizers {
+            let choice = TemplateChoice::Jinja(source.clone());
+            let formatter = match ChatFormatter::new(&choice, tokenizer) {
+                Ok(formatter) => formatter,
+                Err(DataError::Template { message }) => {
+                    prop_assert!(
+                        message.contains("(in chat:"),
+                        "compile error without a location: {}",
+                        message
+                    );
+                    return Ok(());
+                }
+                Err(other) => return Err(TestCaseError::fail(format!("untyped: {other:?}"))),
+            };
+            for messages in &conversations {
+                check_formatter(&formatter, tokenizer, messages)?;
+            }
+        }
+        Ok(())
+    });
+}
+
+/// Found by `fuzz_template_sources`'s dictionary: templates that would run
+/// for hours or allocate without bound end in a typed error, quickly.
+#[test]
+fn runaway_templates_end_in_a_typed_error() {
+    let tok = tiny_spm();
+    let chat = vec![
+        Message::new(Role::User, "hi"),
+        Message::new(Role::Assistant, "yo"),
+    ];
+    for source in [
+        "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}",
+        "{{ range(100000) | list | string * 100000 }}",
+        "{{ 'x' * 1000000000 }}",
+        "{% macro f(n) %}{{ f(n+1) }}{% endmacro %}{{ f(0) }}",
+    ] {
+        let started = std::time::Instant::now();
+        let formatter = ChatFormatter::new(&TemplateChoice::Jinja(source.into()), &tok).unwrap();
+        let error = formatter.encode(&tok, &chat).unwrap_err();
+        assert!(
+            matches!(error, DataError::Template { .. }),
+            "{source}: {error}"
+        );
+        assert!(
+            started.elapsed() < SLOW_CASE,
+            "{source}: {:?}",
+            started.elapsed()
+        );
+    }
 }

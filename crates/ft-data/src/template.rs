@@ -245,6 +245,12 @@ fn encode_raw(tokenizer: &TextTokenizer, messages: &[Message]) -> Result<Tokeniz
 
 /// Markers wrapped around assistant content for the fallback strategy:
 /// private-use characters that no real text or template contains.
+/// Work one render may do (minijinja fuel: about one per instruction and
+/// per 64 bytes of data). Real chat templates use well under 1% of it, even
+/// on the longest line a dataset may hold; `{% for %}` loops nested over
+/// large ranges run out instead of running for hours.
+const TEMPLATE_FUEL: u64 = 20_000_000;
+
 const OPEN_MARK: &str = "\u{F8F0}ft-assistant-open\u{F8F1}";
 const CLOSE_MARK: &str = "\u{F8F0}ft-assistant-close\u{F8F1}";
 
@@ -273,6 +279,9 @@ impl JinjaTemplate {
             .build()
             .map_err(DataError::template)?;
         env.set_syntax(syntax);
+        // A template comes with the model: bound the work one render may do,
+        // so a runaway loop is an error, not a hung run.
+        env.set_fuel(Some(TEMPLATE_FUEL));
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
         env.add_function("raise_exception", raise_exception);
         env.add_function("strftime_now", strftime_now);
@@ -313,6 +322,12 @@ impl JinjaTemplate {
             eos_token => self.eos_text.clone(),
         };
         template.render(ctx).map_err(|e| {
+            if e.kind() == minijinja::ErrorKind::OutOfFuel {
+                return DataError::template(format!(
+                    "rendering stopped after {TEMPLATE_FUEL} steps of work on one conversation: \
+                     the template runs away (a loop over a huge range?) {e}"
+                ));
+            }
             let mut message = e.to_string();
             if let Some(detail) = e.detail() {
                 if !message.contains(detail) {
