@@ -14,6 +14,7 @@ mod crash_test;
 mod demo_data;
 mod e2e;
 mod fixtures;
+mod fuzz;
 mod python;
 mod reference;
 mod setup;
@@ -44,6 +45,10 @@ commands:
                                         (reused, or 10 quickstart steps into target/check-gguf; --train: always new),
                                         llama.cpp (llama-cpp-python, built once into .ft/venv-llama-cpp) vs
                                         `ft generate` greedy on the same file: at least 16 leading tokens equal
+  fuzz [--seconds N] [--target NAME] [--cases N]
+                                        setup, then the fuzz targets (JSONL reader/validator, chat templates,
+                                        config parsing) for N seconds in all (default 300): executions per
+                                        target, failures with their shrunk inputs
   fixtures chat-template                setup and the reference venv, then the chat-template parity fixture (transformers)
   fixtures logits                       setup and the reference venv, then the mlx_lm logits parity fixture (ft-model)
   demo-data [--check]                   write (or check) the demo data set examples/data/demo/{train,valid}.jsonl
@@ -139,6 +144,10 @@ fn run() -> Result<()> {
             soak::run(&root, rest)?;
         }
         "fixtures" => fixtures::run(&root, rest)?,
+        "fuzz" => {
+            setup::run(&root, setup::Options::parse(&[])?)?;
+            fuzz::run(&root, rest)?;
+        }
         "demo-data" => demo_data::run(&root, rest)?,
         "help" | "-h" | "--help" => println!("{USAGE}"),
         other => bail!("unknown command `{other}`\n\n{USAGE}"),
