@@ -1,5 +1,5 @@
 //! `cargo xtask fuzz [--seconds N] [--target NAME] [--cases N]`: the fuzz
-//! targets (the `fuzz_*` property tests of ft-config and ft-data, see
+//! targets (the `fuzz_*` property tests of ft-config, ft-data and ft-model, see
 //! `ft_config::fuzz`) run for a long, by-hand session instead of the
 //! normal suite's few cases. cargo-fuzz would need a nightly compiler; these
 //! are proptest properties driven through their time budget.
@@ -18,7 +18,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// Crates whose unit tests hold fuzz targets.
-const CRATES: &[&str] = &["ft-config", "ft-data"];
+const CRATES: &[&str] = &["ft-config", "ft-data", "ft-model"];
 
 struct Options {
     seconds: f64,
@@ -96,8 +96,7 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
         bail!("no fuzz target matches {:?}", options.target);
     }
     let out_dir = root.join("target/fuzz");
-    std::fs::create_dir_all(&out_dir)
-        .with_context(|| format!("creating {}", out_dir.display()))?;
+    std::fs::create_dir_all(&out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
     let report = out_dir.join("report.jsonl");
     let _ = std::fs::remove_file(&report);
     let budget = options.seconds / targets.len() as f64;
@@ -158,7 +157,7 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
 
 /// Builds the unit-test binaries of [`CRATES`] and lists their `fuzz_*` tests.
 fn find_targets(root: &Path, only: Option<&str>) -> Result<Vec<Target>> {
-    shell::step("building the unit tests of ft-config and ft-data");
+    shell::step("building the unit tests of the crates with fuzz targets");
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut command = Command::new(cargo);
     command
@@ -209,7 +208,8 @@ fn run_target(
     report: &Path,
     log: &Path,
 ) -> Result<Outcome> {
-    let output = std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
+    let output =
+        std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
     let started = Instant::now();
     let mut child = Command::new(&target.binary)
         .args(["--exact", &target.test, "--nocapture", "--test-threads=1"])

@@ -499,6 +499,130 @@ mod tests {
         }
     }
 
+    /// A small GGUF as llama.cpp lays it out: metadata of every common kind
+    /// and three tensors (F32, Q8_0, Q4_0) with their data.
+    fn sample_gguf() -> Vec<u8> {
+        let mut kv = Vec::new();
+        let mut entry = |key: &str, kind: u32, value: &[u8]| {
+            kv.extend(string(key));
+            kv.extend(kind.to_le_bytes());
+            kv.extend_from_slice(value);
+        };
+        entry("general.architecture", 8, &string("llama"));
+        entry("llama.block_count", 4, &1_u32.to_le_bytes());
+        entry("llama.rope.freq_base", 6, &10000_f32.to_le_bytes());
+        entry("tokenizer.ggml.add_bos_token", 7, &[1]);
+        let mut tokens = 8_u32.to_le_bytes().to_vec();
+        tokens.extend(3_u64.to_le_bytes());
+        for token in ["<s>", "a", "é"] {
+            tokens.extend(string(token));
+        }
+        entry("tokenizer.ggml.tokens", 9, &tokens);
+        let mut types = 5_u32.to_le_bytes().to_vec();
+        types.extend(3_u64.to_le_bytes());
+        for kind in [3_i32, 1, 1] {
+            types.extend(kind.to_le_bytes());
+        }
+        entry("tokenizer.ggml.token_type", 9, &types);
+        let tensors: [(&str, &[u64], u32, u64, usize); 3] = [
+            ("a.weight", &[8, 2], 0, 0, 64),
+            ("b.weight", &[32, 2], 8, 64, 68),
+            ("c.weight", &[32], 2, 160, 18),
+        ];
+        let mut infos = Vec::new();
+        for (name, dims, kind, offset, _) in tensors {
+            infos.extend(string(name));
+            infos.extend((dims.len() as u32).to_le_bytes());
+            for dim in dims {
+                infos.extend(dim.to_le_bytes());
+            }
+            infos.extend(kind.to_le_bytes());
+            infos.extend(offset.to_le_bytes());
+        }
+        let mut bytes = gguf(&[
+            b"GGUF",
+            &3_u32.to_le_bytes(),
+            &3_u64.to_le_bytes(),
+            &6_u64.to_le_bytes(),
+            &kv,
+            &infos,
+        ]);
+        bytes.resize(bytes.len().div_ceil(32) * 32, 0);
+        let data_start = bytes.len();
+        for (index, (_, _, _, offset, size)) in tensors.into_iter().enumerate() {
+            bytes.resize(data_start + offset as usize, 0);
+            // Small finite values (f16 scales of 1.0 where a format has them).
+            let fill: Vec<u8> = (0..size)
+                .map(|i| if i % 2 == 1 && index > 0 { 0x3c } else { 0 })
+                .collect();
+            bytes.extend(fill);
+        }
+        bytes
+    }
+
+    #[test]
+    fn the_sample_loads_through_mlx() {
+        let (_dir, path) = write(&sample_gguf());
+        let layout = read_layout(&path).expect("valid");
+        assert_eq!(layout.tensors.len(), 3);
+        let file = crate::gguf::GgufFile::open(&path).expect("opens");
+        let tensors = file.tensors().expect("tensors");
+        assert!(tensors.contains_key("a.weight"), "{:?}", tensors.keys());
+    }
+
+    /// Any edit of a valid file is refused with an offset, or is consistent
+    /// enough that MLX's reader loads it without crashing (a crash kills the
+    /// test process: `cargo xtask fuzz` reports it).
+    #[test]
+    fn fuzz_gguf_layout() {
+        use ft_config::fuzz::{fuzz, mutated};
+        use proptest::test_runner::TestCaseError;
+        let mut dictionary: Vec<Vec<u8>> = [0_u64, 1, 2, 3, 4, 9, 12, 31, 32, 99, 1 << 31, 1 << 40]
+            .iter()
+            .map(|n| n.to_le_bytes().to_vec())
+            .collect();
+        dictionary.extend([0_u32, 1, 5, 8, 9, 13, 16, u32::MAX].map(|n| n.to_le_bytes().to_vec()));
+        dictionary.extend([b"GGUF".to_vec(), vec![0xff; 8], vec![0; 8]]);
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("fuzz.gguf");
+        fuzz(
+            "gguf_layout",
+            64,
+            mutated(vec![sample_gguf()], dictionary, 4),
+            |bytes| {
+                std::fs::write(&path, &bytes).map_err(|e| TestCaseError::fail(e.to_string()))?;
+                match read_layout(&path) {
+                    Ok(layout) => {
+                        for tensor in &layout.tensors {
+                            let end = layout.data_start + tensor.offset + tensor.size;
+                            proptest::prop_assert!(end <= layout.file_len);
+                        }
+                        // Typed errors are fine; a crash is not.
+                        if let Ok(file) = crate::gguf::GgufFile::open(&path) {
+                            if let Ok(tensors) = file.tensors() {
+                                for array in tensors.values() {
+                                    let _ = array.eval();
+                                }
+                            }
+                        }
+                    }
+                    Err(error) => {
+                        let message = error.to_string();
+                        proptest::prop_assert!(
+                            message.contains("at offset")
+                                || message.contains("truncated")
+                                || message.contains("not a GGUF file")
+                                || message.contains("GGUF version"),
+                            "unlocated: {}",
+                            message
+                        );
+                    }
+                }
+                Ok(())
+            },
+        );
+    }
+
     #[test]
     fn impossible_dimensions_are_refused() {
         for dims in [&[0_u64, 2][..], &[4, 1 << 40], &[1, 1, 1, 1, 1]] {

@@ -204,6 +204,84 @@ mod tests {
         }
     }
 
+    /// A file as MLX and PyTorch write them: metadata and tensors of
+    /// several dtypes.
+    fn sample() -> Vec<u8> {
+        let header = r#"{"__metadata__":{"format":"pt"},"w":{"dtype":"F32","shape":[2,3],"data_offsets":[0,24]},"h":{"dtype":"F16","shape":[4],"data_offsets":[24,32]},"b":{"dtype":"BF16","shape":[2,2],"data_offsets":[32,40]},"i":{"dtype":"I8","shape":[3],"data_offsets":[40,43]},"m":{"dtype":"BOOL","shape":[1],"data_offsets":[43,44]}}"#;
+        let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+        bytes.extend_from_slice(header.as_bytes());
+        bytes.extend((0..44_u8).map(|i| i % 7));
+        bytes
+    }
+
+    /// Any edit of a valid file is refused with the tensor or the defect
+    /// named, or loads through MLX without crashing.
+    #[test]
+    fn fuzz_safetensors_header() {
+        use ft_config::fuzz::{fuzz, mutated};
+        use proptest::test_runner::TestCaseError;
+        let dictionary: Vec<Vec<u8>> = [
+            "\"",
+            ",",
+            ":",
+            "[",
+            "]",
+            "{",
+            "}",
+            "-1",
+            "0",
+            "4294967296",
+            "1e3",
+            "null",
+            "\"F32\"",
+            "\"F64\"",
+            "\"C64\"",
+            "\"shape\"",
+            "\"dtype\"",
+            "\"data_offsets\"",
+            "\"__metadata__\"",
+            "[2147483647,2147483647]",
+            "\u{0}",
+            "é",
+        ]
+        .iter()
+        .map(|token| token.as_bytes().to_vec())
+        .chain([u64::MAX, 1 << 40, 0, 8].map(|n| n.to_le_bytes().to_vec()))
+        .collect();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("fuzz.safetensors");
+        fuzz(
+            "safetensors_header",
+            64,
+            mutated(vec![sample()], dictionary, 4),
+            |bytes| {
+                std::fs::write(&path, &bytes).map_err(|e| TestCaseError::fail(e.to_string()))?;
+                match check_safetensors(&path) {
+                    Ok(()) => {
+                        if let Ok(arrays) = mlx_rs::Array::load_safetensors(&path) {
+                            for array in arrays.values() {
+                                let _ = array.eval();
+                            }
+                        }
+                    }
+                    Err(error) => {
+                        let message = error.to_string();
+                        proptest::prop_assert!(
+                            message.contains("truncated")
+                                || message.contains("not a safetensors file")
+                                || message.contains("header")
+                                || message.contains("tensor `")
+                                || message.contains("__metadata__"),
+                            "unlocated: {}",
+                            message
+                        );
+                    }
+                }
+                Ok(())
+            },
+        );
+    }
+
     #[test]
     fn every_prefix_is_refused() {
         let (_dir, path) = file(GOOD, 24);
