@@ -131,3 +131,84 @@ fn a_lost_rank_stops_the_others() {
         }
     }
 }
+
+/// The quickstart adapters' gradients: 16 layers x 7 projections x (A, B)
+/// of SmolLM2-135M (hidden 576, kv 192, FFN 1536) at rank 8.
+fn lora_shaped_arrays(rank_value: f32) -> Vec<Array> {
+    let shapes: [(i32, i32); 7] = [
+        (576, 576),
+        (576, 192),
+        (576, 192),
+        (576, 576),
+        (576, 1536),
+        (576, 1536),
+        (1536, 576),
+    ];
+    (0..16)
+        .flat_map(|_| shapes)
+        .flat_map(|(input, output)| {
+            [
+                Array::from_slice(&vec![rank_value; (input * 8) as usize], &[input, 8]),
+                Array::from_slice(&vec![rank_value; (8 * output) as usize], &[8, output]),
+            ]
+        })
+        .collect()
+}
+
+#[test]
+fn flattened_and_per_array_exchanges_agree_and_are_timed() {
+    match std::env::var(ROLE).as_deref() {
+        Ok("time") => {
+            let group = Group::init(Backend::Ring).expect("loopback test");
+            let arrays = lora_shaped_arrays(group.rank() as f32 + 1.0);
+            let mut timings = Vec::new();
+            for flat in [true, false, true, false] {
+                // One exchange per array is slow (a ring round trip each): time fewer.
+                let rounds = if flat { 10 } else { 1 };
+                let started = Instant::now();
+                for _ in 0..rounds {
+                    let sums = if flat {
+                        group.all_sum_flat(&arrays).expect("loopback test")
+                    } else {
+                        arrays
+                            .iter()
+                            .map(|a| group.all_sum(a).expect("loopback test"))
+                            .collect()
+                    };
+                    mlx_rs::transforms::eval(&sums).expect("loopback test");
+                    // ranks 0 and 1 contribute 1 and 2: every element sums to 3.
+                    let last = sums.last().expect("loopback test");
+                    assert_eq!(last.as_slice::<f32>()[0], 3.0);
+                }
+                timings.push((flat, started.elapsed() / rounds));
+            }
+            println!(
+                "RESULT rank {}: {} arrays, 245,760 floats; {timings:?}",
+                group.rank(),
+                arrays.len()
+            );
+        }
+        Ok(_) => {}
+        Err(_) => {
+            if !Backend::Ring.is_available() {
+                eprintln!("skipped: this MLX build has no ring backend");
+                return;
+            }
+            let results = spawn_ranks(
+                "flattened_and_per_array_exchanges_agree_and_are_timed",
+                2,
+                "time",
+            );
+            for (status, output) in &results {
+                assert!(status.success(), "{output}");
+                println!(
+                    "{}",
+                    output
+                        .lines()
+                        .find(|l| l.starts_with("RESULT"))
+                        .unwrap_or("")
+                );
+            }
+        }
+    }
+}
