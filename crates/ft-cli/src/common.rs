@@ -140,21 +140,7 @@ pub fn stop_ids(model: &Model, tokenizer: &TextTokenizer) -> Vec<u32> {
     ids
 }
 
-/// Bytes as a short human string (`1.23 GB`).
-pub fn human_bytes(bytes: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KB", "MB", "GB", "TB"];
-    let mut value = bytes as f64;
-    let mut unit = 0;
-    while value >= 1000.0 && unit + 1 < UNITS.len() {
-        value /= 1000.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{bytes} B")
-    } else {
-        format!("{value:.2} {}", UNITS[unit])
-    }
-}
+pub use ft_trainer::disk::human_bytes;
 
 /// A count with thousands separators (`8,388,608`).
 pub fn thousands(count: u64) -> String {

@@ -107,11 +107,11 @@ pub(crate) fn disk_full_message(
     available: Option<u64>,
 ) -> String {
     let need = match needed {
-        Some(bytes) => format!("needs about {} ({bytes} bytes)", human(bytes)),
+        Some(bytes) => format!("needs about {} ({bytes} bytes)", human_bytes(bytes)),
         None => "needs more space than is left".into(),
     };
     let free = match available {
-        Some(bytes) => format!("{} ({bytes} bytes) free", human(bytes)),
+        Some(bytes) => format!("{} ({bytes} bytes) free", human_bytes(bytes)),
         None => "free space unknown".into(),
     };
     format!(
@@ -123,7 +123,7 @@ pub(crate) fn disk_full_message(
 }
 
 /// `1.23 MB` style sizes (decimal units, as `df -H` prints them).
-fn human(bytes: u64) -> String {
+pub fn human_bytes(bytes: u64) -> String {
     const UNITS: [&str; 5] = ["B", "kB", "MB", "GB", "TB"];
     let mut value = bytes as f64;
     let mut unit = 0;
@@ -208,7 +208,7 @@ mod tests {
 
     #[test]
     fn sizes_read_like_df() {
-        assert_eq!(human(512), "512 B");
-        assert_eq!(human(1_234_567), "1.23 MB");
+        assert_eq!(human_bytes(512), "512 B");
+        assert_eq!(human_bytes(1_234_567), "1.23 MB");
     }
 }

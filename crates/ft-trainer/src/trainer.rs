@@ -396,12 +396,7 @@ impl Trainer {
         } else {
             (loss_sum, tokens)
         };
-        if tokens == 0 {
-            return Err(TrainError::Config(
-                "the evaluation data has no loss targets".into(),
-            ));
-        }
-        Ok(Some((loss_sum / tokens as f64, tokens)))
+        Ok(Some((mean_loss(loss_sum, tokens)?, tokens)))
     }
 
     /// Runs the loop to the end (or until early stopping or a callback's
@@ -839,18 +834,23 @@ pub fn evaluate_with(
         workers,
         (0, 1),
     )?;
-    if tokens == 0 {
-        return Err(TrainError::Config(
-            "the evaluation data has no loss targets".into(),
-        ));
-    }
-    let loss = total / tokens as f64;
+    let loss = mean_loss(total, tokens)?;
     Ok(EvalResult {
         loss,
         perplexity: loss.exp(),
         target_tokens: tokens,
         batches,
     })
+}
+
+/// Mean loss per target token of an evaluation.
+fn mean_loss(loss_sum: f64, tokens: u64) -> Result<f64> {
+    if tokens == 0 {
+        return Err(TrainError::Config(
+            "the evaluation data has no loss targets".into(),
+        ));
+    }
+    Ok(loss_sum / tokens as f64)
 }
 
 /// Loss sum, target tokens and batches of rank `shard.0` of `shard.1`'s
