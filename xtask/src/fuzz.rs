@@ -210,12 +210,15 @@ fn run_target(
 ) -> Result<Outcome> {
     let output =
         std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
+    let last_input = log.with_extension("last-input");
+    let _ = std::fs::remove_file(&last_input);
     let started = Instant::now();
     let mut child = Command::new(&target.binary)
         .args(["--exact", &target.test, "--nocapture", "--test-threads=1"])
         .env("PROPTEST_CASES", cases.to_string())
         .env("FT_FUZZ_SECONDS", format!("{budget}"))
         .env("FT_FUZZ_REPORT", report)
+        .env("FT_FUZZ_LAST_INPUT", &last_input)
         .stdin(Stdio::null())
         .stdout(output.try_clone()?)
         .stderr(output)
@@ -241,10 +244,15 @@ fn run_target(
         .filter_map(|line| serde_json::from_str::<Value>(line).ok())
         .rfind(|entry| entry["target"].as_str() == Some(target.short()));
     let Some(entry) = reported else {
-        let why = match status {
+        let mut why = match status {
             None => format!("hung: still running after {:.0} s", limit.as_secs_f64()),
             Some(status) => format!("exited ({status}) without a report (a crash?)"),
         };
+        // The input that was running when the process died.
+        if let Ok(input) = std::fs::read_to_string(&last_input) {
+            let shown: String = input.chars().take(2000).collect();
+            why += &format!("\n  last input ({}):\n  {shown}", last_input.display());
+        }
         return Ok(Outcome {
             executions: 0,
             seconds,

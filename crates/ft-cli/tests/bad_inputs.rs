@@ -328,6 +328,10 @@ fn mutate_model(dir: &Path, what: &str) {
                 "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}"
             );
         }),
+        "tokenizer-config-template-deep" => edit_tokenizer_config(&|c| {
+            // 100,000 unary minuses: minijinja's parser recursion overflowed the stack.
+            c["chat_template"] = json!(format!("{{{{ {}1 }}}}", "-".repeat(100_000)));
+        }),
         other => panic!("unknown tiny-model mutation {other}"),
     }
 }

@@ -17,6 +17,10 @@ pub const SECONDS_VAR: &str = "FT_FUZZ_SECONDS";
 /// A file each target appends one JSON line to: name, executions, seconds,
 /// slowest case, failure.
 pub const REPORT_VAR: &str = "FT_FUZZ_REPORT";
+/// A file rewritten with each input before it runs: after a crash that
+/// kills the process (a stack overflow, an abort in native code) it holds
+/// the input that caused it.
+pub const LAST_INPUT_VAR: &str = "FT_FUZZ_LAST_INPUT";
 
 /// Runs `test` on values drawn from `strategy`: `default_cases` of them in
 /// the normal suite; `PROPTEST_CASES` sets another count and
@@ -45,6 +49,7 @@ pub fn fuzz<S>(
         .map(Duration::from_secs_f64);
     let started = Instant::now();
     let out_of_time = || budget.is_some_and(|budget| started.elapsed() > budget);
+    let last_input = std::env::var_os(LAST_INPUT_VAR);
     let executions = Cell::new(0_u64);
     let slowest = Cell::new(Duration::ZERO);
     let mut runner = TestRunner::new(config);
@@ -54,6 +59,10 @@ pub fn fuzz<S>(
             return Err(TestCaseError::reject("time budget spent"));
         }
         executions.set(executions.get() + 1);
+        if let Some(path) = &last_input {
+            // Best effort: losing the trace must not fail the case.
+            let _ = std::fs::write(path, format!("{value:#?}\n"));
+        }
         let case_started = Instant::now();
         let outcome = test(value);
         slowest.set(slowest.get().max(case_started.elapsed()));

@@ -581,7 +581,7 @@ fn fuzz_template_sources() {
                 Ok(formatter) => formatter,
                 Err(DataError::Template { message }) => {
                     prop_assert!(
-                        message.contains("(in chat:"),
+                        message.contains("(in chat:") || message.starts_with("line "),
                         "compile error without a location: {}",
                         message
                     );
@@ -624,5 +624,59 @@ fn runaway_templates_end_in_a_typed_error() {
             "{source}: {:?}",
             started.elapsed()
         );
+    }
+}
+
+/// The render budget that stops runaway templates leaves room for the
+/// longest example a JSONL line may hold, through every seed template.
+#[test]
+fn the_longest_line_renders_within_the_template_budget() {
+    let tok = tiny_spm();
+    let long = "word ".repeat((crate::jsonl::MAX_LINE_BYTES - 200) / 5);
+    let chat = vec![
+        Message::new(Role::System, "Be brief."),
+        Message::new(Role::User, long.clone()),
+        Message::new(Role::Assistant, long),
+    ];
+    for source in TEMPLATE_SEEDS {
+        let formatter =
+            ChatFormatter::new(&TemplateChoice::Jinja(source.to_string()), &tok).unwrap();
+        match formatter.render_text(&chat, false) {
+            Ok(text) => assert!(text.unwrap().len() > 7_000_000),
+            // Templates that refuse a system message refuse it here too.
+            Err(error) => assert!(error.to_string().contains("System role"), "{error}"),
+        }
+    }
+}
+
+/// Found by `fuzz_template_sources` (stack overflows that aborted the
+/// process): long operator chains and namespaces stored in themselves are
+/// refused before minijinja compiles them.
+#[test]
+fn templates_that_overflow_the_stack_are_refused() {
+    let tok = tiny_spm();
+    for source in [
+        format!("{{{{ {}1 }}}}", "-".repeat(100_000)),
+        format!("{{{{ {}1 }}}}", "not ".repeat(100_000)),
+        format!("{{{{ 1{} }}}}", " + 1".repeat(100_000)),
+        format!("{{{{ 'a'{} }}}}", " ~ 'a'".repeat(100_000)),
+        format!("{{{{ x{} }}}}", ".a".repeat(100_000)),
+        format!("{{% set y = x{} %}}", " | trim".repeat(100_000)),
+    ] {
+        let error = ChatFormatter::new(&TemplateChoice::Jinja(source), &tok).unwrap_err();
+        assert!(error.to_string().contains("operators"), "{error}");
+    }
+    // A namespace stored in itself, directly or through an alias.
+    for source in [
+        "{% set ns = namespace(n=0) %}{% set ns.n = ns %}{{ ns }}",
+        "{%- set ns = namespace() -%}{% set alias = ns %}{% set ns.n = [alias] %}",
+        "{% macro f(x) %}{% set x.y = x %}{% endmacro %}",
+    ] {
+        let error = ChatFormatter::new(&TemplateChoice::Jinja(source.into()), &tok).unwrap_err();
+        assert!(error.to_string().contains("stores a namespace"), "{error}");
+    }
+    // Ordinary templates pass both checks.
+    for source in TEMPLATE_SEEDS {
+        ChatFormatter::new(&TemplateChoice::Jinja(source.to_string()), &tok).unwrap();
     }
 }

@@ -246,10 +246,11 @@ fn encode_raw(tokenizer: &TextTokenizer, messages: &[Message]) -> Result<Tokeniz
 /// Markers wrapped around assistant content for the fallback strategy:
 /// private-use characters that no real text or template contains.
 /// Work one render may do (minijinja fuel: about one per instruction and
-/// per 64 bytes of data). Real chat templates use well under 1% of it, even
-/// on the longest line a dataset may hold; `{% for %}` loops nested over
-/// large ranges run out instead of running for hours.
-const TEMPLATE_FUEL: u64 = 20_000_000;
+/// per 64 bytes of data). Real chat templates need far less, even on the
+/// longest line a dataset may hold (a test renders one); `{% for %}` loops
+/// nested over large ranges run out in a fraction of a second instead of
+/// running for hours.
+const TEMPLATE_FUEL: u64 = 5_000_000;
 
 const OPEN_MARK: &str = "\u{F8F0}ft-assistant-open\u{F8F1}";
 const CLOSE_MARK: &str = "\u{F8F0}ft-assistant-close\u{F8F1}";
@@ -269,8 +270,187 @@ impl std::fmt::Debug for JinjaTemplate {
     }
 }
 
+/// The most operators (`+ - * / % ~ . | [ ( < > = !`, `not and or is in if
+/// else`) one `{{ }}` or `{% %}` block may hold. minijinja parses and
+/// compiles operator chains recursively without a depth limit: about 10,000
+/// in one expression overflow a 2 MB thread stack and abort the process.
+/// Real chat templates use a few dozen at most.
+const MAX_OPERATORS_PER_BLOCK: usize = 500;
+
+/// One `{{ }}` or `{% %}` block of a template source.
+struct Block<'s> {
+    /// Line of its opening delimiter.
+    line: usize,
+    /// A statement (`{% %}`) rather than an expression (`{{ }}`).
+    statement: bool,
+    /// What is between the delimiters (whitespace-control `-` and `+` removed).
+    content: &'s str,
+}
+
+/// The blocks of `source`, comments skipped; a block left open runs to the end.
+fn blocks(source: &str) -> Vec<Block<'_>> {
+    let bytes = source.as_bytes();
+    let mut found = Vec::new();
+    let mut line = 1;
+    let mut i = 0;
+    while i + 1 < bytes.len() {
+        if bytes[i] == b'\n' {
+            line += 1;
+        }
+        let next = bytes[i + 1];
+        if bytes[i] != b'{' || !matches!(next, b'{' | b'%' | b'#') {
+            i += 1;
+            continue;
+        }
+        let close = if next == b'{' { b'}' } else { next };
+        let start_line = line;
+        let start = i + 2;
+        let mut end = bytes.len();
+        let mut quote = None;
+        i += 2;
+        while i < bytes.len() {
+            let byte = bytes[i];
+            if byte == b'\n' {
+                line += 1;
+            }
+            match quote {
+                Some(_) if byte == b'\\' => i += 1,
+                Some(q) if byte == q => quote = None,
+                Some(_) => {}
+                None if byte == close && bytes.get(i + 1) == Some(&b'}') => {
+                    end = i;
+                    i += 1;
+                    break;
+                }
+                None if next != b'#' && (byte == b'\'' || byte == b'"') => quote = Some(byte),
+                None => {}
+            }
+            i += 1;
+        }
+        if next != b'#' {
+            // One whitespace-control sign at each end (`{%-`, `-%}`), no more:
+            // `{{ --1 }}` is an expression.
+            let inner = source.get(start..end.min(source.len())).unwrap_or_default();
+            let inner = inner.strip_prefix(['-', '+']).unwrap_or(inner);
+            let content = inner.strip_suffix(['-', '+']).unwrap_or(inner).trim();
+            found.push(Block {
+                line: start_line,
+                statement: next == b'%',
+                content,
+            });
+        }
+        i += 1;
+    }
+    found
+}
+
+/// Identifiers of an expression outside string literals, each with whether
+/// it stands alone: not an attribute (`x.name`), and not followed by an
+/// attribute, an index or a call.
+fn identifiers(expression: &str) -> Vec<(&str, bool)> {
+    let bytes = expression.as_bytes();
+    let mut found = Vec::new();
+    let mut quote = None;
+    let mut i = 0;
+    while i < bytes.len() {
+        let byte = bytes[i];
+        match quote {
+            Some(_) if byte == b'\\' => i += 1,
+            Some(q) if byte == q => quote = None,
+            Some(_) => {}
+            None if byte == b'\'' || byte == b'"' => quote = Some(byte),
+            None if byte.is_ascii_alphabetic() || byte == b'_' => {
+                let start = i;
+                while bytes
+                    .get(i + 1)
+                    .is_some_and(|b| b.is_ascii_alphanumeric() || *b == b'_')
+                {
+                    i += 1;
+                }
+                let before = expression[..start].trim_end().bytes().last();
+                let after = expression[i + 1..].trim_start().bytes().next();
+                let alone = before != Some(b'.') && !matches!(after, Some(b'.' | b'[' | b'('));
+                found.push((&expression[start..=i], alone));
+            }
+            None => {}
+        }
+        i += 1;
+    }
+    found
+}
+
+/// Refuses template sources that would crash minijinja instead of failing:
+/// an expression with so many operators that compiling it overflows the
+/// stack, and a namespace stored inside itself (`{% set ns.x = ns %}`),
+/// which minijinja formats and compares by recursing without end.
+fn check_template_source(source: &str) -> Result<()> {
+    let mut namespaces: Vec<&str> = Vec::new();
+    for block in blocks(source) {
+        let operators = block
+            .content
+            .bytes()
+            .filter(|b| b"+-*/%~.|[(<>=!".contains(b))
+            .count()
+            + identifiers(block.content)
+                .iter()
+                .filter(|(word, _)| {
+                    matches!(*word, "not" | "and" | "or" | "is" | "in" | "if" | "else")
+                })
+                .count();
+        if operators > MAX_OPERATORS_PER_BLOCK {
+            return Err(DataError::template(format!(
+                "line {}: a block with {operators} operators, more than the \
+                 {MAX_OPERATORS_PER_BLOCK} allowed: refused, as compiling it could overflow \
+                 the stack (real chat templates use a few dozen)",
+                block.line
+            )));
+        }
+        let Some(rest) = block
+            .content
+            .strip_prefix("set ")
+            .filter(|_| block.statement)
+        else {
+            continue;
+        };
+        let Some((target, value)) = rest.split_once('=') else {
+            continue;
+        };
+        let target = target.trim();
+        let refers_to = |names: &[&str]| {
+            identifiers(value)
+                .into_iter()
+                .any(|(word, alone)| alone && names.contains(&word))
+        };
+        match target.split_once('.') {
+            // `{% set ns.x = ... %}`: the value must not hold that namespace or another.
+            Some((object, _)) => {
+                let mut held = namespaces.clone();
+                held.push(object.trim());
+                if refers_to(&held) {
+                    return Err(DataError::template(format!(
+                        "line {}: `{{% set {target} = {} %}}` stores a namespace in a \
+                         namespace: minijinja cannot print or compare such a cycle (it would \
+                         overflow the stack)",
+                        block.line,
+                        value.trim()
+                    )));
+                }
+            }
+            // `{% set ns = namespace(...) %}` and its aliases.
+            None => {
+                let value = value.trim_start();
+                if value.starts_with("namespace(") || refers_to(&namespaces) {
+                    namespaces.push(target);
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 impl JinjaTemplate {
     fn new(source: &str, tokenizer: &TextTokenizer) -> Result<Self> {
+        check_template_source(source)?;
         let mut env = minijinja::Environment::new();
         // HF renders with trim_blocks and lstrip_blocks.
         let syntax = minijinja::syntax::SyntaxConfig::builder()
