@@ -249,7 +249,10 @@ fn run_target(
             Some(status) => format!("exited ({status}) without a report (a crash?)"),
         };
         // The input that was running when the process died.
-        if let Ok(input) = std::fs::read_to_string(&last_input) {
+        if let Ok(bytes) = std::fs::read(&last_input) {
+            // The last input ends at the first NUL (older, longer ones follow).
+            let end = bytes.iter().position(|b| *b == 0).unwrap_or(bytes.len());
+            let input = String::from_utf8_lossy(&bytes[..end]);
             let shown: String = input.chars().take(2000).collect();
             why += &format!("\n  last input ({}):\n  {shown}", last_input.display());
         }

@@ -17,9 +17,9 @@ pub const SECONDS_VAR: &str = "FT_FUZZ_SECONDS";
 /// A file each target appends one JSON line to: name, executions, seconds,
 /// slowest case, failure.
 pub const REPORT_VAR: &str = "FT_FUZZ_REPORT";
-/// A file rewritten with each input before it runs: after a crash that
-/// kills the process (a stack overflow, an abort in native code) it holds
-/// the input that caused it.
+/// A file each input is written to before it runs (at its start, ended by
+/// a NUL byte): after a crash that kills the process (a stack overflow, an
+/// abort in native code) it holds the input that caused it.
 pub const LAST_INPUT_VAR: &str = "FT_FUZZ_LAST_INPUT";
 
 /// Runs `test` on values drawn from `strategy`: `default_cases` of them in
@@ -49,7 +49,10 @@ pub fn fuzz<S>(
         .map(Duration::from_secs_f64);
     let started = Instant::now();
     let out_of_time = || budget.is_some_and(|budget| started.elapsed() > budget);
-    let last_input = std::env::var_os(LAST_INPUT_VAR);
+    // Opened once: recreating the file per case costs more than most cases.
+    let last_input = std::env::var_os(LAST_INPUT_VAR)
+        .and_then(|path| std::fs::File::create(path).ok())
+        .map(std::cell::RefCell::new);
     let executions = Cell::new(0_u64);
     let slowest = Cell::new(Duration::ZERO);
     let mut runner = TestRunner::new(config);
@@ -59,9 +62,13 @@ pub fn fuzz<S>(
             return Err(TestCaseError::reject("time budget spent"));
         }
         executions.set(executions.get() + 1);
-        if let Some(path) = &last_input {
+        if let Some(file) = &last_input {
+            use std::io::{Seek, Write};
             // Best effort: losing the trace must not fail the case.
-            let _ = std::fs::write(path, format!("{value:#?}\n"));
+            let mut file = file.borrow_mut();
+            let _ = file
+                .seek(std::io::SeekFrom::Start(0))
+                .and_then(|_| file.write_all(format!("{value:#?}\n\0").as_bytes()));
         }
         let case_started = Instant::now();
         let outcome = test(value);
