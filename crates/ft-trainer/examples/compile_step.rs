@@ -20,15 +20,19 @@
 //! * `full`: the whole step (loss, gradients, scaling, clipping, AdamW) as
 //!   one compiled function.
 //!
-//! All variants first run three chained steps from the same start and are
-//! checked against `eager` (loss, gradient norm, updated arrays; relative
-//! 1e-5). Then `--rounds` rounds run `--steps` timed steps of each variant in
-//! turn (A, B, C, D, A, B, ...), so background load hits every variant
-//! alike; the table gives the median, min and max ms/step and each
-//! variant's ratio to `eager`. Separate sections time the pieces on their
-//! own: the AdamW update, the SiLU-gated MLP product (forward+backward),
-//! the cost of a new batch shape for the compiled function, and whether
-//! `shapeless` compilation can serve several widths.
+//! Checks first (the run stops on a mismatch): the compiled loss+grad
+//! function against `loss_and_grads` (loss and every gradient, relative
+//! 1e-5), then three chained steps of every variant from the same start
+//! against `eager` (loss and gradient norm, relative 1e-5; the updated
+//! arrays are reported in units of the learning rate, since AdamW's first
+//! updates are about lr * sign(g)). Then `--rounds` rounds run `--steps`
+//! timed steps of each variant in turn (A, B, C, D, A, B, ...), so
+//! background load hits every variant alike: wall and process CPU time per
+//! step (median, min, max, ratio to `eager`) and the per-round paired
+//! ratios. Separate sections time the pieces on their own: the AdamW
+//! update, the SiLU-gated MLP product (forward+backward), the cost of a new
+//! batch shape for the compiled function, and whether `shapeless`
+//! compilation can serve several widths.
 
 use ft_data::Batch;
 use ft_lora::{LoraAdapters, LoraLayout, LoraSpec};
@@ -724,10 +728,13 @@ fn new_shapes(model: &Model, layout: &LoraLayout, params: &[Array]) -> Res<()> {
     let n = params.len();
     let mut compiled = compile(loss_grad_fn(model, layout, n), false);
     let mut eager = loss_grad_fn(model, layout, n);
-    println!("\nnew batch shapes, compiled loss+grad (ms; eager = the same call uncompiled):");
+    println!(
+        "\nnew batch shapes, compiled loss+grad, ms wall (CPU) per call; eager = the same \
+         function uncompiled:"
+    );
     println!("| input width | targets | eager | compiled 1st call | compiled 2nd call |");
     println!("| --- | --- | --- | --- | --- |");
-    for (seed, width) in [(2u64, 128usize), (3, 96), (4, 112), (5, 96)] {
+    for (seed, width) in [(2u64, 128usize), (3, 96), (4, 112), (5, 96), (6, 128)] {
         let batch = BatchArrays::new(&synthetic_batch(
             ROWS,
             width + 1,
@@ -736,19 +743,21 @@ fn new_shapes(model: &Model, layout: &LoraLayout, params: &[Array]) -> Res<()> {
         ));
         let mut args: Vec<Array> = params.to_vec();
         args.extend(batch_args(&batch));
-        let time = |f: &mut dyn FnMut(&[Array]) -> mlx_rs::error::Result<Vec<Array>>| -> Res<f64> {
-            let started = Instant::now();
-            let out = f(&args)?;
-            mlx_rs::transforms::eval(out.iter())?;
-            Ok(started.elapsed().as_secs_f64() * 1e3)
-        };
+        let time =
+            |f: &mut dyn FnMut(&[Array]) -> mlx_rs::error::Result<Vec<Array>>| -> Res<String> {
+                let (started, cpu_started) = (Instant::now(), cpu_ms());
+                let out = f(&args)?;
+                mlx_rs::transforms::eval(out.iter())?;
+                Ok(format!(
+                    "{:.0} ({:.0})",
+                    started.elapsed().as_secs_f64() * 1e3,
+                    cpu_ms() - cpu_started
+                ))
+            };
         let e = time(&mut eager)?;
         let c1 = time(&mut compiled)?;
         let c2 = time(&mut compiled)?;
-        println!(
-            "| {width} | {} | {e:.0} | {c1:.0} | {c2:.0} |",
-            batch.target_tokens
-        );
+        println!("| {width} | {} | {e} | {c1} | {c2} |", batch.target_tokens);
     }
     Ok(())
 }
