@@ -99,12 +99,6 @@ pub enum Failure {
 }
 
 fn main() -> ExitCode {
-    // Like other Unix tools, stop quietly when the reader of our output
-    // goes away (`ft data validate ... | head`) instead of failing on EPIPE.
-    // SAFETY: restoring the default disposition of a signal at start-up.
-    unsafe {
-        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-    }
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(error) => {
@@ -140,6 +134,12 @@ fn main() -> ExitCode {
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
+        // The reader of our output went away (`ft data validate ... | head`):
+        // stop quietly, like other Unix tools. (SIGPIPE itself stays ignored:
+        // MLX's distributed backend must see EPIPE on a lost peer, not die.)
+        Err(Failure::User(error) | Failure::Internal(error)) if is_broken_pipe(&error) => {
+            ExitCode::SUCCESS
+        }
         Err(Failure::User(error)) => {
             report(&error, cli.verbose);
             ExitCode::from(1)
@@ -149,6 +149,14 @@ fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+fn is_broken_pipe(error: &anyhow::Error) -> bool {
+    error.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
 }
 
 fn report(error: &anyhow::Error, verbose: u8) {
