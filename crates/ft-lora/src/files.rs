@@ -169,7 +169,10 @@ impl LoraAdapters {
         if !config.is_object() {
             return Err(bad(
                 &config_path,
-                format!("expected a JSON object, got {}", json_kind(&config)),
+                format!(
+                    "expected a JSON object, got {}",
+                    ft_model::load::json_kind(&config)
+                ),
             ));
         }
         let (spec, base_model) = match format {
@@ -263,17 +266,6 @@ fn positive_integer(config: &Value, path: &str) -> std::result::Result<usize, St
         .filter(|&n| n >= 1)
         .and_then(|n| usize::try_from(n).ok())
         .ok_or_else(|| format!("field `{path}`: expected a whole number >= 1, got {value}"))
-}
-
-fn json_kind(value: &Value) -> &'static str {
-    match value {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
-    }
 }
 
 fn projections(names: &[&str], path: &str) -> std::result::Result<Vec<Projection>, String> {

@@ -13,6 +13,8 @@ use std::path::{Path, PathBuf};
 
 mod safetensors;
 
+pub use safetensors::json_kind;
+
 pub use safetensors::check_safetensors;
 
 /// Built-in models: short name and file name under the models directory.

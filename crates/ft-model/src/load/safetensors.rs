@@ -153,7 +153,8 @@ fn field(entry: &Value, key: &str) -> String {
         .map_or_else(|| "nothing".to_string(), Value::to_string)
 }
 
-fn json_kind(value: &Value) -> &'static str {
+/// What kind of JSON value `value` is, for messages ("a number", "an array").
+pub fn json_kind(value: &Value) -> &'static str {
     match value {
         Value::Null => "null",
         Value::Bool(_) => "a boolean",
