@@ -83,6 +83,33 @@ def chat_ids(tokenizer, messages):
     return [int(i) for i in ids]
 
 
+def loaded_blas_libraries():
+    """BLAS/LAPACK files mapped into this process (Linux: /proc/self/maps;
+    macOS: the images dyld loaded, where MLX uses Accelerate)."""
+    if sys.platform == "darwin":
+        import ctypes
+
+        dyld = ctypes.CDLL(None)
+        dyld._dyld_image_count.restype = ctypes.c_uint32
+        dyld._dyld_get_image_name.restype = ctypes.c_char_p
+        dyld._dyld_get_image_name.argtypes = [ctypes.c_uint32]
+        names = (
+            dyld._dyld_get_image_name(i).decode()
+            for i in range(dyld._dyld_image_count())
+        )
+        return sorted(
+            {n for n in names if "blas" in n.lower() or "lapack" in n.lower() or "Accelerate" in n}
+        )
+    with open("/proc/self/maps") as maps:
+        return sorted(
+            {
+                line.split()[-1]
+                for line in maps
+                if ("blas" in line or "lapack" in line) and "/" in line
+            }
+        )
+
+
 def cmd_blas(_args):
     n = 1024
     a = mx.random.normal((n, n), dtype=mx.float32)
@@ -95,14 +122,7 @@ def cmd_blas(_args):
     for _ in range(reps):
         mx.eval(a @ b)
     seconds = (time.perf_counter() - start) / reps
-    with open("/proc/self/maps") as maps:
-        libraries = sorted(
-            {
-                line.split()[-1]
-                for line in maps
-                if ("blas" in line or "lapack" in line) and "/" in line
-            }
-        )
+    libraries = loaded_blas_libraries()
     print(
         json.dumps(
             {

@@ -115,7 +115,7 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
             .with_context(|| format!("writing {}", file.display()))?;
     }
     shell::step("cargo build --release -p ft-cli");
-    shell::cargo(root, &["build", "--release", "-p", "ft-cli"])?;
+    shell::build_ft(root)?;
     let ft = root.join("target/release/ft");
     shell::step(&format!(
         "ft data validate {} --model {MODEL}",

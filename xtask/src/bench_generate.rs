@@ -191,8 +191,6 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
 
 /// The 1-minute load average (other work on the machine skews timings).
 fn load_average() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .ok()
-        .and_then(|text| text.split_whitespace().next().map(str::to_string))
-        .unwrap_or_else(|| "?".into())
+    crate::shell::load_average()
+        .map_or_else(|error| format!("({error})"), |load| format!("{load:.2}"))
 }

@@ -75,7 +75,7 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
     let out = root.join("target/check-gguf");
     fs::create_dir_all(&out)?;
     shell::step("cargo build --release -p ft-cli");
-    shell::cargo(root, &["build", "--release", "-p", "ft-cli"])?;
+    shell::build_ft(root)?;
 
     let adapter = adapter(root, &out, options.train)?;
     let venv = llama_cpp_venv(root)?;

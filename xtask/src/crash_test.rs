@@ -471,6 +471,12 @@ impl Harness {
     /// newest checkpoint resumes (from a copy on a larger disk) to the
     /// reference adapter.
     fn disk_full_trial(&self, reference: &RunFiles) -> Result<String> {
+        if !cfg!(target_os = "linux") {
+            return Ok(format!(
+                "not available on {}: the trial fills a Linux tmpfs (mount -t tmpfs)",
+                std::env::consts::OS
+            ));
+        }
         let mount_point = self.out.join("full");
         fs::create_dir_all(&mount_point)?;
         // Room for about three checkpoints of the reference run (keep_last

@@ -87,7 +87,7 @@ pub fn run(root: &Path) -> Result<()> {
     }
     std::fs::create_dir_all(&out)?;
     shell::step("cargo build --release -p ft-cli");
-    shell::cargo(root, &["build", "--release", "-p", "ft-cli"])?;
+    shell::build_ft(root)?;
     shell::step("ft doctor");
     shell::run(ft(root).arg("doctor"))?;
     shell::step("ft data validate: the demo data set");

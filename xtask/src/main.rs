@@ -9,12 +9,14 @@ mod bench_data;
 mod bench_distributed;
 mod bench_generate;
 mod bench_train;
+mod check_7b;
 mod check_gguf;
 mod crash_test;
 mod demo_data;
 mod e2e;
 mod fixtures;
 mod fuzz;
+mod install;
 mod python;
 mod reference;
 mod setup;
@@ -45,6 +47,10 @@ commands:
                                         (reused, or 10 quickstart steps into target/check-gguf; --train: always new),
                                         llama.cpp (llama-cpp-python, built once into .ft/venv-llama-cpp) vs
                                         `ft generate` greedy on the same file: at least 16 leading tokens equal
+  check-7b [--lengths 64,128] [--steps N] [--rows bf16,qlora,prequantized] [--native-baseline]
+                                        setup, then Mistral-7B-Instruct-v0.3 at full size (random weights, Mistral's
+                                        own tokenizer from mistral-common): train each preset, resume, fuse, generate;
+                                        a table of load time, s/step, MLX and RSS peaks, estimates (by hand, ~50 GB disk)
   fuzz [--seconds N] [--target NAME] [--cases N]
                                         setup, then the fuzz targets (JSONL reader/validator, chat templates,
                                         config parsing) for N seconds in all (default 300): executions per
@@ -59,6 +65,8 @@ commands:
   soak [--minutes M] [--sample-s S]     setup, then a long training run (default 120 min, by hand) sampling
                                         resident and MLX memory; prints the slope after the first evaluation
   venv                                  setup, then the mlx-lm reference venv (.ft/venv-mlx, same OpenBLAS)
+  install [--dir DIR]                   setup, build, then put `ft` in DIR (default ~/.local/bin); on macOS
+                                        with MLX's Metal kernels (mlx.metallib) next to it
 
 The MLX backend on Linux can also be chosen with FT_MLX_BACKEND=cpu|cuda12|cuda13;
 the choice is remembered in .ft/backend.";
@@ -135,6 +143,10 @@ fn run() -> Result<()> {
             setup::run(&root, setup::Options::parse(&[])?)?;
             crash_test::run(&root, rest)?;
         }
+        "check-7b" => {
+            setup::run(&root, setup::Options::parse(&[])?)?;
+            check_7b::run(&root, rest)?;
+        }
         "check-gguf" => {
             setup::run(&root, setup::Options::parse(&[])?)?;
             check_gguf::run(&root, rest)?;
@@ -144,6 +156,10 @@ fn run() -> Result<()> {
             soak::run(&root, rest)?;
         }
         "fixtures" => fixtures::run(&root, rest)?,
+        "install" => {
+            setup::run(&root, setup::Options::parse(&[])?)?;
+            install::run(&root, rest)?;
+        }
         "fuzz" => {
             setup::run(&root, setup::Options::parse(&[])?)?;
             fuzz::run(&root, rest)?;
@@ -168,6 +184,16 @@ fn repo_root() -> PathBuf {
 fn test(root: &Path, extra: &[String]) -> Result<()> {
     shell::step("cargo fmt --check");
     shell::cargo(root, &["fmt", "--all", "--check"])?;
+    shell::cargo(
+        root,
+        &["fmt", "--manifest-path", "xtask/Cargo.toml", "--check"],
+    )?;
+    // xtask's own unit tests (set-up checks, parsers): a separate workspace.
+    shell::step("cargo test --manifest-path xtask/Cargo.toml");
+    shell::cargo(
+        root,
+        &["test", "--quiet", "--manifest-path", "xtask/Cargo.toml"],
+    )?;
     shell::step("cargo clippy --workspace --all-targets -- -D warnings");
     shell::cargo(
         root,

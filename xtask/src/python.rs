@@ -11,8 +11,13 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// The Python MLX of the reference venv: the same release as our runtime
-/// (setup's `mlx-cpu`), so both sides run one `libmlx.so` build.
-const MLX_REQUIREMENT: &str = "mlx[cpu]==0.32.2";
+/// (setup's `mlx-cpu`), so both sides run one `libmlx.so` build. On a Mac
+/// the plain `mlx` wheel is the Metal build (`mlx[cpu]` is Linux's extra).
+const MLX_REQUIREMENT: &str = if cfg!(target_os = "macos") {
+    "mlx==0.32.2"
+} else {
+    "mlx[cpu]==0.32.2"
+};
 /// The reference trainer and generator.
 const MLX_LM_REQUIREMENT: &str = "mlx-lm==0.32.2";
 /// mlx-lm asks for `transformers>=5.7.0`; pinned so the tokenizer side does
@@ -34,25 +39,23 @@ pub fn python(venv: &Path) -> PathBuf {
     venv.join("bin/python")
 }
 
-/// Creates (once) `.ft/venv-mlx` with mlx and mlx-lm, puts setup's OpenBLAS
-/// behind its MLX, checks the matmul speed, and returns the venv directory.
-/// Setup must have run (it provides OpenBLAS).
-pub fn reference_venv(root: &Path) -> Result<PathBuf> {
+/// Creates (once) `.ft/<name>` with `requirements` installed from PyPI
+/// (binary wheels only) and returns it; a stamp with the requirements makes
+/// a second call with the same list return at once.
+pub fn venv(root: &Path, name: &str, requirements: &[&str]) -> Result<PathBuf> {
     let ft = root.join(".ft");
-    let venv = ft.join("venv-mlx");
-    let stamp_path = ft.join("venv-mlx.stamp");
-    let stamp = format!(
-        "{VENV_LAYOUT}\n{MLX_REQUIREMENT}\n{MLX_LM_REQUIREMENT}\n{TRANSFORMERS_REQUIREMENT}\n{}\n",
-        setup::OPENBLAS_WHEEL
-    );
+    let venv = ft.join(name);
+    let stamp_path = ft.join(format!("{name}.stamp"));
+    let stamp = format!("{VENV_LAYOUT}\n{}\n", requirements.join("\n"));
     if fs::read_to_string(&stamp_path).ok().as_deref() == Some(stamp.as_str())
         && python(&venv).is_file()
     {
         return Ok(venv);
     }
     shell::step(&format!(
-        "creating the reference venv ({MLX_REQUIREMENT}, {MLX_LM_REQUIREMENT}) in {}",
-        venv.display()
+        "creating {} ({})",
+        venv.display(),
+        requirements.join(", ")
     ));
     let _ = fs::remove_file(&stamp_path);
     if venv.exists() {
@@ -70,47 +73,71 @@ pub fn reference_venv(root: &Path) -> Result<PathBuf> {
                 "--disable-pip-version-check",
                 "--only-binary=:all:",
             ])
-            .args([
-                MLX_REQUIREMENT,
-                MLX_LM_REQUIREMENT,
-                TRANSFORMERS_REQUIREMENT,
-            ]),
+            .args(requirements),
     )
-    .context("installing mlx-lm into the reference venv")?;
-    if cfg!(target_os = "linux") {
-        let site = site_packages(&venv)?;
-        match setup::find_bundled_blas_dir(&site)? {
-            Some(libs_dir) => {
-                shell::step("putting OpenBLAS behind the venv's MLX");
-                setup::shim_bundled_blas(
-                    &ft,
-                    &libs_dir,
-                    &site.join("mlx/lib/libmlx.so"),
-                    &ft.join("venv-mlx-blas"),
-                )?;
-            }
-            None => {
-                eprintln!("    the venv's MLX bundles no reference BLAS; leaving it as shipped")
-            }
+    .with_context(|| {
+        format!(
+            "installing {} into {}",
+            requirements.join(", "),
+            venv.display()
+        )
+    })?;
+    fs::write(&stamp_path, stamp)?;
+    Ok(venv)
+}
+
+/// Creates (once) `.ft/venv-mlx` with mlx and mlx-lm, puts setup's OpenBLAS
+/// behind its MLX, checks the matmul speed, and returns the venv directory.
+/// Setup must have run (it provides OpenBLAS).
+pub fn reference_venv(root: &Path) -> Result<PathBuf> {
+    let ft = root.join(".ft");
+    let requirements = [
+        MLX_REQUIREMENT,
+        MLX_LM_REQUIREMENT,
+        TRANSFORMERS_REQUIREMENT,
+    ];
+    let venv = venv(root, "venv-mlx", &requirements)?;
+    let stamp_path = ft.join("venv-mlx-blas.stamp");
+    let stamp = format!(
+        "{VENV_LAYOUT}\n{}\n{}\n",
+        requirements.join("\n"),
+        setup::OPENBLAS_WHEEL
+    );
+    if !cfg!(target_os = "linux")
+        || fs::read_to_string(&stamp_path).ok().as_deref() == Some(stamp.as_str())
+    {
+        return Ok(venv);
+    }
+    let site = site_packages(&venv)?;
+    match setup::find_bundled_blas_dir(&site)? {
+        Some(libs_dir) => {
+            shell::step("putting OpenBLAS behind the venv's MLX");
+            setup::shim_bundled_blas(
+                &ft,
+                &libs_dir,
+                &site.join("mlx/lib/libmlx.so"),
+                &ft.join("venv-mlx-blas"),
+            )?;
         }
-        let check = blas_check(root, &venv)?;
-        eprintln!(
-            "    venv MLX {}: fp32 1024^3 matmul {:.0} GFLOP/s ({})",
-            check.mlx_version,
+        None => eprintln!("    the venv's MLX bundles no reference BLAS; leaving it as shipped"),
+    }
+    let check = blas_check(root, &venv)?;
+    eprintln!(
+        "    venv MLX {}: fp32 1024^3 matmul {:.0} GFLOP/s ({})",
+        check.mlx_version,
+        check.gflops,
+        if check.openblas {
+            "OpenBLAS"
+        } else {
+            "not OpenBLAS"
+        }
+    );
+    if !check.openblas || check.gflops < MIN_GFLOPS {
+        bail!(
+            "the reference venv's MLX is not on OpenBLAS ({:.1} GFLOP/s, OpenBLAS loaded: {})",
             check.gflops,
-            if check.openblas {
-                "OpenBLAS"
-            } else {
-                "not OpenBLAS"
-            }
+            check.openblas
         );
-        if !check.openblas || check.gflops < MIN_GFLOPS {
-            bail!(
-                "the reference venv's MLX is not on OpenBLAS ({:.1} GFLOP/s, OpenBLAS loaded: {})",
-                check.gflops,
-                check.openblas
-            );
-        }
     }
     fs::write(&stamp_path, stamp)?;
     Ok(venv)

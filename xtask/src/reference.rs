@@ -18,7 +18,7 @@ const LOGITS_FIXTURE: &str = "crates/ft-model/tests/fixtures/mlx_lm_logits.json"
 /// Builds `ft` in release mode and returns its path.
 pub fn build_ft(root: &Path) -> Result<PathBuf> {
     shell::step("cargo build --release -p ft-cli");
-    shell::cargo(root, &["build", "--release", "-p", "ft-cli"])?;
+    shell::build_ft(root)?;
     Ok(root.join("target/release/ft"))
 }
 

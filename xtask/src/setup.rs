@@ -94,6 +94,9 @@ pub fn run(root: &Path, options: Options) -> Result<()> {
         if !shell::has_program("cmake") {
             bail!("cmake is required to build MLX: install it with `brew install cmake`");
         }
+        if cfg!(target_os = "macos") {
+            ensure_metal_compiler()?;
+        }
         None
     };
     sources::ensure_patched(root, &ft, runtime.as_deref())?;
@@ -115,6 +118,89 @@ fn resolve_backend(ft: &Path, explicit: Option<Backend>) -> Result<Backend> {
     };
     fs::write(&remembered, backend.name())?;
     Ok(backend)
+}
+
+/// What a probe command answered: whether it could be started at all,
+/// whether it succeeded, and its stdout and stderr together.
+#[derive(Debug, Default)]
+pub struct Probe {
+    pub started: bool,
+    pub success: bool,
+    pub text: String,
+}
+
+impl Probe {
+    fn run(program: &str, args: &[&str]) -> Self {
+        match Command::new(program).args(args).output() {
+            Ok(out) => Self {
+                started: true,
+                success: out.status.success(),
+                text: format!(
+                    "{}{}",
+                    String::from_utf8_lossy(&out.stdout),
+                    String::from_utf8_lossy(&out.stderr)
+                ),
+            },
+            Err(_) => Self::default(),
+        }
+    }
+}
+
+const SELECT_XCODE: &str = "sudo xcode-select --switch /Applications/Xcode.app/Contents/Developer";
+
+/// MLX's Metal kernels are compiled by Xcode's `metal` compiler, which the
+/// Command Line Tools lack and which Xcode 26 downloads separately. Checked
+/// before the build so the user gets the command to run, not a CMake error
+/// minutes into it.
+fn ensure_metal_compiler() -> Result<()> {
+    let find = Probe::run("xcrun", &["-sdk", "macosx", "-f", "metal"]);
+    let version = if find.success {
+        Probe::run("xcrun", &["-sdk", "macosx", "metal", "-v"])
+    } else {
+        Probe::default()
+    };
+    match metal_toolchain_problem(&find, &version) {
+        Some(problem) => bail!("{problem}"),
+        None => Ok(()),
+    }
+}
+
+/// What is missing to compile Metal kernels, judged from the answers of
+/// `xcrun -sdk macosx -f metal` and `xcrun -sdk macosx metal -v`, with the
+/// command that installs it; `None` when the compiler runs.
+pub fn metal_toolchain_problem(find: &Probe, version: &Probe) -> Option<String> {
+    let needs_xcode = "MLX's GPU kernels are compiled with Xcode's Metal compiler, which the \
+                       Command Line Tools do not include";
+    if !find.started {
+        return Some(format!(
+            "`xcrun` was not found: {needs_xcode}. Install Xcode from the App Store, then run\n    \
+             {SELECT_XCODE}\n    sudo xcodebuild -license accept\nand run this command again."
+        ));
+    }
+    if !find.success {
+        return Some(format!(
+            "`xcrun -sdk macosx -f metal` found no Metal compiler ({}): {needs_xcode}. Install \
+             Xcode from the App Store (or select an installed one), then run\n    {SELECT_XCODE}\n\
+             and run this command again.",
+            find.text.trim()
+        ));
+    }
+    if version.success {
+        return None;
+    }
+    let text = version.text.trim();
+    if text.contains("Metal Toolchain") || text.contains("downloadComponent") {
+        return Some(format!(
+            "Xcode is installed but its Metal toolchain is not ({text}): since Xcode 26 it is \
+             a separate download. Run\n    xcodebuild -downloadComponent MetalToolchain\n\
+             and run this command again."
+        ));
+    }
+    Some(format!(
+        "the Metal compiler at {} does not run (`xcrun -sdk macosx metal -v`: {text}). \
+         Reinstall Xcode or its Metal toolchain (`xcodebuild -downloadComponent MetalToolchain`).",
+        find.text.trim()
+    ))
 }
 
 /// A missing prerequisite: what to check and which Debian package brings it.
@@ -465,4 +551,71 @@ fn ensure_default_model(ft: &Path) -> Result<()> {
         .with_context(|| format!("moving {} to {}", unpacked.display(), target.display()))?;
     fs::remove_dir_all(&unpack)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn probe(success: bool, text: &str) -> Probe {
+        Probe {
+            started: true,
+            success,
+            text: text.into(),
+        }
+    }
+
+    #[test]
+    fn a_working_metal_compiler_passes() {
+        let find = probe(true, "/Applications/Xcode.app/.../metal\n");
+        let version = probe(true, "Apple metal version 32023.619 (metalfe-32023.619)\n");
+        assert_eq!(metal_toolchain_problem(&find, &version), None);
+    }
+
+    #[test]
+    fn command_line_tools_alone_say_to_install_xcode() {
+        // What xcrun prints when only the Command Line Tools are selected.
+        let find = probe(
+            false,
+            "xcrun: error: unable to find utility \"metal\", not a developer tool or in PATH\n",
+        );
+        let problem = metal_toolchain_problem(&find, &Probe::default()).expect("a problem");
+        assert!(problem.contains("Install Xcode"), "{problem}");
+        assert!(problem.contains(SELECT_XCODE), "{problem}");
+        assert!(problem.contains("unable to find utility"), "{problem}");
+    }
+
+    #[test]
+    fn xcode_26_without_the_metal_toolchain_says_to_download_it() {
+        let find = probe(
+            true,
+            "/Applications/Xcode.app/Contents/Developer/usr/bin/metal",
+        );
+        let version = probe(
+            false,
+            "error: error: cannot execute tool 'metal' due to missing Metal Toolchain; use: \
+             xcodebuild -downloadComponent MetalToolchain",
+        );
+        let problem = metal_toolchain_problem(&find, &version).expect("a problem");
+        assert!(
+            problem.contains("\n    xcodebuild -downloadComponent MetalToolchain\n"),
+            "{problem}"
+        );
+    }
+
+    #[test]
+    fn no_xcrun_at_all_says_to_install_xcode() {
+        let problem =
+            metal_toolchain_problem(&Probe::default(), &Probe::default()).expect("a problem");
+        assert!(problem.contains("`xcrun` was not found"), "{problem}");
+        assert!(problem.contains("xcodebuild -license accept"), "{problem}");
+    }
+
+    #[test]
+    fn another_failure_is_reported_with_its_output() {
+        let find = probe(true, "/usr/bin/metal");
+        let version = probe(false, "dyld: Library not loaded");
+        let problem = metal_toolchain_problem(&find, &version).expect("a problem");
+        assert!(problem.contains("dyld: Library not loaded"), "{problem}");
+    }
 }

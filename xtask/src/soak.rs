@@ -47,11 +47,8 @@ struct Sample {
     active_mb: f64,
 }
 
-fn rss_mb(pid: u32) -> Option<f64> {
-    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
-    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb / 1024.0)
+fn rss_mb(pid: u32) -> anyhow::Result<f64> {
+    Ok(crate::shell::process_rss_kib(pid)? as f64 / 1024.0)
 }
 
 /// The last training record's step and active memory, and the time (in
@@ -148,7 +145,7 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
         let sample = Sample {
             seconds: started.elapsed().as_secs_f64(),
             step,
-            rss_mb: rss_mb(pid).unwrap_or(0.0),
+            rss_mb: rss_mb(pid)?,
             active_mb,
         };
         eprintln!(

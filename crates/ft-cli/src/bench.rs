@@ -9,7 +9,8 @@ use serde_json::json;
 /// Options of `ft bench-generate`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// A model directory, a .gguf file or a built-in name.
+    /// A model directory, a .gguf file, a Hugging Face Hub id
+    /// (org/name[@revision]) or a built-in name.
     #[arg(long, default_value = "smollm2-135m-instruct")]
     model: String,
     /// Dequantize quantized weights to float32 on load.

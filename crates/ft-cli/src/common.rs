@@ -12,7 +12,8 @@ use std::path::{Path, PathBuf};
 /// `--model` and `--adapter`, shared by the inference commands.
 #[derive(Debug, clap::Args)]
 pub struct ModelChoice {
-    /// A model directory, a .gguf file or a built-in name.
+    /// A model directory, a .gguf file, a Hugging Face Hub id
+    /// (org/name[@revision]) or a built-in name.
     #[arg(long, default_value = ft_config::DEFAULT_MODEL)]
     pub model: String,
     /// An adapter directory (mlx-lm or PEFT format), e.g. runs/quickstart/adapter.
@@ -108,7 +109,9 @@ pub fn load_with_adapter(
         Some(dir) => {
             let loaded = LoraAdapters::load(dir, &model_weights.args).map_err(lora_failure)?;
             if let Some(base) = &loaded.base_model {
-                if base != model {
+                // The same directory written differently, or the same Hub
+                // repository, is the same base.
+                if !ft_model::same_model(base, model) {
                     tracing::warn!(
                         adapter = %dir.display(),
                         trained_on = %base,

@@ -29,7 +29,8 @@ const TOKENIZER_FILES: &[&str] = &[
 /// Options of `ft convert`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// The model: a directory, a .gguf file or a built-in name.
+    /// The model: a directory, a .gguf file, a Hugging Face Hub id
+    /// (org/name[@revision]) or a built-in name.
     #[arg(long, default_value = "smollm2-135m-instruct")]
     model: String,
     /// The directory to write (created; files of the same names are replaced).
@@ -39,8 +40,24 @@ pub struct Args {
     #[arg(long, value_enum)]
     dtype: Option<DtypeArg>,
     /// Write quantized layers as dense matrices instead of MLX 4/8-bit.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "quantize")]
     dequantize: bool,
+    /// Quantize the dense linear layers to MLX affine 4 or 8 bits while
+    /// loading (one shard at a time), and write the model in mlx-community's
+    /// layout (`quantization` in config.json, `.scales`/`.biases` tensors).
+    #[arg(long, value_parser = one_of(&[4, 8]))]
+    quantize: Option<i32>,
+    /// Weights sharing one scale and bias when quantizing.
+    #[arg(long, default_value_t = 64, value_parser = one_of(&[32, 64, 128]))]
+    group_size: i32,
+}
+
+/// A clap parser accepting one of `allowed`.
+fn one_of(allowed: &'static [i32]) -> impl Fn(&str) -> Result<i32, String> + Clone {
+    move |text: &str| match text.parse::<i32>() {
+        Ok(value) if allowed.contains(&value) => Ok(value),
+        _ => Err(format!("expected one of {allowed:?}, got `{text}`")),
+    }
 }
 
 /// Dense weight types `ft convert` writes.
@@ -74,10 +91,11 @@ pub fn run(args: &Args) -> Result<(), Failure> {
         )));
     }
     let dtype = args.dtype.map(DtypeArg::dtype);
+    let quantize = args.quantize.map(|bits| (args.group_size, bits));
     let load = LoadOptions {
         dtype,
         dequantize: args.dequantize,
-        ..LoadOptions::default()
+        quantize,
     };
     let model = load_model(&args.model, &load).map_err(model_failure)?;
     let export = ExportOptions {

@@ -50,8 +50,8 @@ struct TokenizerArg {
     /// tokenizer_config.json), a .gguf file or a built-in model name.
     #[arg(long, value_name = "T")]
     tokenizer: Option<String>,
-    /// A model directory, a .gguf file or a built-in model name; its
-    /// tokenizer is used.
+    /// A model directory, a .gguf file, a Hugging Face Hub id or a built-in
+    /// model name; its tokenizer is used.
     #[arg(long, value_name = "M", conflicts_with = "tokenizer")]
     model: Option<String>,
 }
@@ -130,8 +130,8 @@ struct StatsArgs {
     /// JSONL files to describe.
     #[arg(required = true, value_name = "FILE")]
     files: Vec<PathBuf>,
-    /// A model directory, a .gguf file or a built-in model name; its
-    /// tokenizer is used.
+    /// A model directory, a .gguf file, a Hugging Face Hub id or a built-in
+    /// model name; its tokenizer is used.
     #[arg(long, value_name = "M", default_value = ft_config::DEFAULT_MODEL)]
     model: String,
     #[command(flatten)]

@@ -62,8 +62,12 @@ pub fn run(args: &Args) -> Result<(), Failure> {
         ("optimizer state", estimate.optimizer),
         ("activations", estimate.activations),
         ("logits (targets only)", estimate.logits),
+        ("float32 expansion", estimate.expanded_weights),
     ];
     for (name, bytes) in rows {
+        if bytes == 0 && name == "float32 expansion" {
+            continue;
+        }
         println!("  {name:<22} {:>10}", human_bytes(bytes));
     }
     println!("  {:<22} {:>10}", "total", human_bytes(estimate.total));

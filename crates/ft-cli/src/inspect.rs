@@ -10,7 +10,8 @@ use std::time::Instant;
 /// Options of `ft inspect`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// A model directory, a .gguf file or a built-in name.
+    /// A model directory, a .gguf file, a Hugging Face Hub id
+    /// (org/name[@revision]) or a built-in name.
     #[arg(long, default_value = "smollm2-135m-instruct")]
     model: String,
     /// Dequantize quantized weights to float32 on load.

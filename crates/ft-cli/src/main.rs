@@ -117,6 +117,18 @@ fn main() -> ExitCode {
         _ => None,
     };
     init_logging(cli.verbose, json_log);
+    // Metal: say where the kernels' library was looked for, before MLX fails
+    // at its first GPU operation (`ft doctor` reports it as a check).
+    let uses_gpu = !matches!(
+        cli.command,
+        Command::Data(_) | Command::Config(_) | Command::Doctor(_)
+    );
+    if uses_gpu {
+        if let Err(error) = ft_model::runtime::check_metallib() {
+            report(&anyhow::Error::new(error), cli.verbose);
+            return ExitCode::from(1);
+        }
+    }
     let outcome = match cli.command {
         Command::Train(args) => train::run(&args),
         Command::Generate(args) => generate::run(&args),

@@ -114,6 +114,7 @@ pub fn run(args: &Args) -> Result<(), Failure> {
     let started = Instant::now();
     eprintln!("loading {} and the data...", config.model.path);
     let mut trainer = Trainer::new(config).map_err(train_failure)?;
+    let load_seconds = started.elapsed().as_secs_f64();
     let watchdog = crate::distributed::join(&args.distributed, &mut trainer)?;
     let (rank, ranks) = trainer.rank();
     if rank > 0 {
@@ -164,6 +165,14 @@ pub fn run(args: &Args) -> Result<(), Failure> {
             config.training.batch_size
         );
     }
+    println!(
+        "  loaded     in {load_seconds:.1} s (model{}, tokenizer, data, adapters)",
+        if matches!(config.model.quantization, ft_config::Quantization::None) {
+            ""
+        } else {
+            " quantized on load"
+        }
+    );
     println!("  run dir    {}", info.run_dir.display());
 
     let interrupted = Arc::new(AtomicBool::new(false));

@@ -52,6 +52,8 @@ pub struct Config {
     pub checkpoint: CheckpointConfig,
     /// Console and file logging.
     pub logging: LoggingConfig,
+    /// MLX's memory limits and buffer cache.
+    pub memory: MemoryConfig,
 }
 
 impl Config {
@@ -89,8 +91,10 @@ section! {
     /// Base model: where it is and how its weights are held.
     pub struct ModelConfig at "model" {
         /// The base model: a directory with `config.json`, tokenizer and
-        /// safetensors weights, a `.gguf` file, or the short name of a built-in
-        /// model. Relative paths are relative to the current directory.
+        /// safetensors weights, a `.gguf` file, a Hugging Face Hub id
+        /// (`org/name` or `org/name@revision`, fetched into the Hugging Face
+        /// cache; see docs/hub.md), or the short name of a built-in model.
+        /// Relative paths are relative to the current directory.
         path: String = DEFAULT_MODEL.to_owned(); Kind::Text;
         /// Numeric type the frozen base weights are held and computed in.
         dtype: Dtype = Dtype::default(); Kind::Choice(Dtype::NAMES);
@@ -311,6 +315,30 @@ section! {
         metrics_file: PathBuf = PathBuf::from("metrics.jsonl"); Kind::Path;
         /// Draw loss and learning-rate plots into the run directory.
         plots: bool = true; Kind::Bool;
+    }
+}
+
+section! {
+    /// MLX's memory limits and buffer cache. Applied when training starts and
+    /// logged; `ft doctor` shows the machine's figures.
+    pub struct MemoryConfig at "memory" {
+        /// Ceiling on the memory MLX allocates, in GB; beyond it MLX waits
+        /// for buffers to be freed and then fails. Unset keeps MLX's default
+        /// (1.5x the GPU's recommended working set on Metal, the machine's
+        /// memory elsewhere).
+        limit_gb: Option<f64> = None; Kind::Optional(&Kind::Float(Range::above(0.0)));
+        /// Memory MLX keeps wired (resident, never paged out) on Metal, in GB.
+        /// Unset wires up to the GPU's recommended working set, as mlx-lm does
+        /// (macOS 15 and later); 0 leaves the system's default. Ignored off Metal.
+        wired_limit_gb: Option<f64> = None; Kind::Optional(&Kind::Float(Range::at_least(0.0)));
+        /// Largest buffer cache MLX keeps for reuse, in GB; 0 disables the
+        /// cache. Unset keeps MLX's default (the memory limit).
+        cache_limit_gb: Option<f64> = None; Kind::Optional(&Kind::Float(Range::at_least(0.0)));
+        /// Empty MLX's buffer cache every this many steps; 0 never does.
+        clear_cache_every: u32 = 0; COUNT;
+        /// Refuse to start when `ft estimate-memory`'s prediction for this
+        /// configuration exceeds the machine's memory, and say what would fit.
+        check_fits: bool = true; Kind::Bool;
     }
 }
 

@@ -2,9 +2,9 @@
 //!
 //! This crate owns everything a user can configure for a fine-tuning run:
 //!
-//! * the **schema**: [`Config`] and its eight sections ([`ModelConfig`],
+//! * the **schema**: [`Config`] and its nine sections ([`ModelConfig`],
 //!   [`LoraConfig`], [`DataConfig`], [`TrainingConfig`], [`OptimizerConfig`],
-//!   [`SchedulerConfig`], [`CheckpointConfig`], [`LoggingConfig`]), whose
+//!   [`SchedulerConfig`], [`CheckpointConfig`], [`LoggingConfig`], [`MemoryConfig`]), whose
 //!   field doc comments are the user documentation;
 //! * the **defaults** ([`Config::default`]);
 //! * the **layering** of settings with [`ConfigLoader`]: built-in defaults <
@@ -51,8 +51,8 @@ mod values;
 use std::path::PathBuf;
 
 pub use config::{
-    CheckpointConfig, Config, DataConfig, LoggingConfig, LoraConfig, ModelConfig, OptimizerConfig,
-    QuantSpec, SchedulerConfig, TrainingConfig, TrainingLength, DEFAULT_MODEL,
+    CheckpointConfig, Config, DataConfig, LoggingConfig, LoraConfig, MemoryConfig, ModelConfig,
+    OptimizerConfig, QuantSpec, SchedulerConfig, TrainingConfig, TrainingLength, DEFAULT_MODEL,
 };
 pub use loader::{ConfigLoader, LoadedConfig, Source, DEFAULT_ENV_PREFIX};
 pub use reference::reference_markdown;

@@ -294,6 +294,7 @@ pub(crate) fn sections() -> &'static [SectionInfo] {
         SchedulerConfig::SECTION,
         CheckpointConfig::SECTION,
         LoggingConfig::SECTION,
+        MemoryConfig::SECTION,
     ];
     SECTIONS
 }
@@ -349,7 +350,7 @@ mod tests {
     }
 
     #[test]
-    fn children_of_root_are_the_eight_sections() {
+    fn children_of_root_are_the_nine_sections() {
         let roots: Vec<_> = children("").into_iter().collect();
         assert_eq!(
             roots,
@@ -358,6 +359,7 @@ mod tests {
                 "data",
                 "logging",
                 "lora",
+                "memory",
                 "model",
                 "optimizer",
                 "scheduler",

@@ -54,7 +54,7 @@ fn every_preset_loads_and_validates() {
 #[test]
 fn mistral_bf16_preset_fits_a_24gb_m4() {
     let config = load("mistral-7b-instruct-v0.3-m4-24gb.toml").config;
-    assert_eq!(config.model.path, "models/Mistral-7B-Instruct-v0.3");
+    assert_eq!(config.model.path, "mistralai/Mistral-7B-Instruct-v0.3");
     assert_eq!(config.model.dtype, Dtype::Bfloat16);
     assert_eq!(config.model.quantization, Quantization::None);
     assert!((8..=16).contains(&config.lora.rank));

@@ -127,47 +127,76 @@ pub(crate) fn write_dir(
     tensors: &BTreeMap<String, Array>,
     shards: &[Vec<&String>],
 ) -> Result<()> {
-    let io = |path: &Path| {
-        let path = path.to_path_buf();
-        move |source| Error::Io { path, source }
-    };
-    std::fs::create_dir_all(dir).map_err(io(dir))?;
+    std::fs::create_dir_all(dir).map_err(io_error(dir))?;
     let count = shards.len();
-    let metadata: HashMap<String, String> = [("format".to_string(), "mlx".to_string())].into();
     let mut weight_map = BTreeMap::new();
     let mut total_size = 0_usize;
     for (index, names) in shards.iter().enumerate() {
-        let file_name = if count == 1 {
-            "model.safetensors".to_string()
-        } else {
-            format!("model-{:05}-of-{count:05}.safetensors", index + 1)
-        };
-        let path = dir.join(&file_name);
         let arrays: Vec<(&str, &Array)> =
             names.iter().map(|n| (n.as_str(), &tensors[*n])).collect();
-        Array::save_safetensors(arrays, &metadata, &path).map_err(|error| Error::MlxIo {
+        total_size += write_shard(dir, index, count, &arrays, &mut weight_map)?;
+    }
+    write_index_and_config(dir, config, count, total_size, &weight_map)
+}
+
+fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> Error {
+    let path = path.to_path_buf();
+    move |source| Error::Io { path, source }
+}
+
+/// Writes shard `index` of `count` (`model.safetensors` when there is one)
+/// and records its tensors in `weight_map`; returns its bytes of data.
+pub(crate) fn write_shard(
+    dir: &Path,
+    index: usize,
+    count: usize,
+    arrays: &[(&str, &Array)],
+    weight_map: &mut BTreeMap<String, String>,
+) -> Result<usize> {
+    let file_name = if count == 1 {
+        "model.safetensors".to_string()
+    } else {
+        format!("model-{:05}-of-{count:05}.safetensors", index + 1)
+    };
+    let path = dir.join(&file_name);
+    let metadata: HashMap<String, String> = [("format".to_string(), "mlx".to_string())].into();
+    Array::save_safetensors(arrays.iter().copied(), &metadata, &path).map_err(|error| {
+        Error::MlxIo {
             path: path.clone(),
             message: error.to_string(),
-        })?;
-        for name in names {
-            total_size += tensors[*name].nbytes();
-            weight_map.insert((*name).clone(), file_name.clone());
         }
+    })?;
+    let mut bytes = 0;
+    for (name, array) in arrays {
+        bytes += array.nbytes();
+        weight_map.insert((*name).to_string(), file_name.clone());
     }
+    Ok(bytes)
+}
+
+/// Writes `model.safetensors.index.json` (for more than one shard) and
+/// `config.json`.
+pub(crate) fn write_index_and_config(
+    dir: &Path,
+    config: &serde_json::Value,
+    count: usize,
+    total_size: usize,
+    weight_map: &BTreeMap<String, String>,
+) -> Result<()> {
     if count > 1 {
         let index = serde_json::json!({
             "metadata": { "total_size": total_size },
             "weight_map": weight_map,
         });
         let path = dir.join("model.safetensors.index.json");
-        std::fs::write(&path, index.to_string()).map_err(io(&path))?;
+        std::fs::write(&path, index.to_string()).map_err(io_error(&path))?;
     }
     let path = dir.join("config.json");
     let text = serde_json::to_string_pretty(config).map_err(|error| Error::Config {
         path: path.clone(),
         message: error.to_string(),
     })?;
-    std::fs::write(&path, text).map_err(io(&path))?;
+    std::fs::write(&path, text).map_err(io_error(&path))?;
     Ok(())
 }
 

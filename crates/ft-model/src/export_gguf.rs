@@ -516,18 +516,40 @@ mod tests {
             file.metadata_string("general.architecture").as_deref(),
             Some("llama")
         );
-        assert_eq!(file.metadata_number("general.file_type"), Some(1.0));
-        assert_eq!(file.metadata_number("llama.block_count"), Some(2.0));
+        assert_eq!(
+            file.metadata_number("general.file_type").expect("read"),
+            Some(1.0)
+        );
+        assert_eq!(
+            file.metadata_number("llama.block_count").expect("read"),
+            Some(2.0)
+        );
+        let eps_number = file
+            .metadata_number("llama.attention.layer_norm_rms_epsilon")
+            .expect("read")
+            .expect("key");
+        assert!((eps_number - 1e-5).abs() < 1e-9, "{eps_number}");
+        assert_eq!(file.metadata_number("no.such.key").expect("read"), None);
+        let not_a_number = file
+            .metadata_number("general.architecture")
+            .expect_err("a string is not a number");
+        assert!(
+            not_a_number.to_string().contains("expected a number"),
+            "{not_a_number}"
+        );
         let head_count = file
             .metadata_array("llama.attention.head_count")
+            .expect("read")
             .expect("key");
         assert_eq!(head_count.dtype(), Dtype::Uint32);
         let eps = file
             .metadata_array("llama.attention.layer_norm_rms_epsilon")
+            .expect("read")
             .expect("key");
         assert_eq!(eps.dtype(), Dtype::Float32);
         let add_bos = file
             .metadata_array("tokenizer.ggml.add_bos_token")
+            .expect("read")
             .expect("key");
         assert_eq!(add_bos.dtype(), Dtype::Bool);
 

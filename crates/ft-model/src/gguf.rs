@@ -4,7 +4,7 @@
 
 mod layout;
 
-pub use layout::{read_layout, GgufLayout, GgufTensorInfo};
+pub use layout::{read_layout, GgufLayout, GgufScalar, GgufTensorInfo};
 
 use crate::{Error, Result};
 use mlx_rs::Array;
@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 pub struct GgufFile {
     handle: mlx_sys::mlx_io_gguf,
     path: PathBuf,
+    layout: GgufLayout,
 }
 
 impl Drop for GgufFile {
@@ -31,7 +32,7 @@ impl GgufFile {
     /// Opens `path`; a file that is not GGUF (or is truncated) is an error naming it.
     pub fn open(path: &Path) -> Result<Self> {
         // gguflib trusts every length and offset in the file: check them first.
-        read_layout(path)?;
+        let layout = read_layout(path)?;
         layout::check_writable(path)?;
         // Make sure mlx-rs's error handler (which records instead of exiting) is installed.
         mlx_rs::ops::zeros::<f32>(&[1])?.eval()?;
@@ -57,6 +58,7 @@ impl GgufFile {
             Ok(Self {
                 handle,
                 path: path.to_path_buf(),
+                layout,
             })
         }
     }
@@ -99,8 +101,9 @@ impl GgufFile {
         // SAFETY: FFI over the handle we own; the string is copied before free.
         unsafe {
             let mut present = false;
-            mlx_sys::mlx_io_gguf_has_metadata_string(&mut present, self.handle, c_key.as_ptr());
-            if !present {
+            let status =
+                mlx_sys::mlx_io_gguf_has_metadata_string(&mut present, self.handle, c_key.as_ptr());
+            if status != 0 || !present {
                 return None;
             }
             let mut value = mlx_sys::mlx_string_new();
@@ -114,37 +117,76 @@ impl GgufFile {
         }
     }
 
-    /// A numeric metadata value (or array of them), if present.
-    pub fn metadata_array(&self, key: &str) -> Option<Array> {
-        let c_key = CString::new(key).ok()?;
+    /// A numeric metadata array (or scalar) as MLX reads it, if present.
+    /// MLX's own failure to read a present key is an error, not "absent".
+    pub fn metadata_array(&self, key: &str) -> Result<Option<Array>> {
+        let c_key =
+            CString::new(key).map_err(|_| self.error("metadata key contains a NUL byte"))?;
         // SAFETY: FFI over the handle we own.
         unsafe {
             let mut present = false;
-            mlx_sys::mlx_io_gguf_has_metadata_array(&mut present, self.handle, c_key.as_ptr());
-            if !present {
-                return None;
+            let status =
+                mlx_sys::mlx_io_gguf_has_metadata_array(&mut present, self.handle, c_key.as_ptr());
+            if !self.metadata_status(status, key)? || !present {
+                return Ok(None);
             }
             let mut array = mlx_sys::mlx_array_new();
-            if mlx_sys::mlx_io_gguf_get_metadata_array(&mut array, self.handle, c_key.as_ptr()) != 0
-            {
-                mlx_sys::mlx_array_free(array);
-                return None;
+            let status =
+                mlx_sys::mlx_io_gguf_get_metadata_array(&mut array, self.handle, c_key.as_ptr());
+            match self.metadata_status(status, key) {
+                Ok(true) => Ok(Some(Array::from_ptr(array))),
+                other => {
+                    mlx_sys::mlx_array_free(array);
+                    other.map(|_| None)
+                }
             }
-            Some(Array::from_ptr(array))
         }
     }
 
-    /// A scalar metadata value as f64, if present.
-    pub fn metadata_number(&self, key: &str) -> Option<f64> {
-        let array = self.metadata_array(key)?;
-        let array = array.as_dtype(mlx_rs::Dtype::Float64).ok()?;
-        array.eval().ok()?;
-        array.as_slice::<f64>().first().copied()
+    /// What an mlx-c GGUF metadata call's status means: 0 found, 2 no such
+    /// key, 3 a value of another type, anything else MLX failed.
+    fn metadata_status(&self, status: i32, key: &str) -> Result<bool> {
+        match status {
+            0 => Ok(true),
+            2 => Ok(false),
+            3 => Err(self.error(&format!(
+                "metadata `{key}` holds another type of value than the one asked for"
+            ))),
+            _ => Err(self.mlx_failure(&format!("reading metadata `{key}` (status {status})"))),
+        }
+    }
+
+    /// A scalar numeric (or boolean) metadata value, read from the file in
+    /// Rust: no MLX operation runs, so this works whatever the default device.
+    /// A key holding a string or an array is an error that says so.
+    pub fn metadata_number(&self, key: &str) -> Result<Option<f64>> {
+        if let Some(scalar) = self.layout.scalars.get(key) {
+            return Ok(Some(scalar.as_f64()));
+        }
+        let present_otherwise =
+            self.metadata_string(key).is_some() || self.metadata_array(key)?.is_some();
+        if present_otherwise {
+            return Err(Error::Config {
+                path: self.path.clone(),
+                message: format!("metadata `{key}`: expected a number, got a string or an array"),
+            });
+        }
+        Ok(None)
+    }
+
+    /// The layout checked when the file was opened (tensors and scalar metadata).
+    pub fn layout(&self) -> &GgufLayout {
+        &self.layout
     }
 
     /// The file path.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// MLX's reader failed on something the file does hold.
+    fn mlx_failure(&self, doing: &str) -> Error {
+        self.error(&format!("MLX failed {doing}"))
     }
 
     fn error(&self, message: &str) -> Error {
@@ -202,4 +244,46 @@ fn regroup_head_rows(array: &Array, heads: usize, from_llama_cpp: bool) -> Resul
     };
     split.extend_from_slice(&shape[1..]);
     Ok(array.reshape(&split)?.swap_axes(1, 2)?.reshape(&shape)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metadata_statuses_are_found_absent_or_errors_never_absent_on_failure() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let model = crate::tiny::tiny_model(3, &crate::LoadOptions::default()).expect("tiny model");
+        let path = root.path().join("tiny.gguf");
+        crate::export_gguf::save_gguf(&model, &path, &Default::default()).expect("save");
+        let file = GgufFile::open(&path).expect("open");
+        assert!(file.metadata_status(0, "k").expect("found"));
+        assert!(!file.metadata_status(2, "k").expect("absent"));
+        let wrong = file.metadata_status(3, "k").expect_err("wrong type");
+        assert!(wrong.to_string().contains("another type"), "{wrong}");
+        let failed = file
+            .metadata_status(1, "llama.block_count")
+            .expect_err("MLX failed");
+        let message = failed.to_string();
+        assert!(
+            message.contains("MLX failed reading metadata `llama.block_count`")
+                && message.contains(&path.display().to_string()),
+            "{message}"
+        );
+        // Through MLX: present, absent, and a string asked for as an array.
+        assert!(file
+            .metadata_array("llama.block_count")
+            .expect("read")
+            .is_some());
+        assert!(file.metadata_array("no.such.key").expect("read").is_none());
+        assert!(file
+            .metadata_array("general.architecture")
+            .expect("read")
+            .is_none());
+        // Numbers come from the Rust reader, whatever MLX's default device.
+        assert_eq!(
+            file.metadata_number("llama.block_count").expect("read"),
+            Some(2.0)
+        );
+    }
 }

@@ -3,6 +3,79 @@
 
 use crate::Result;
 use mlx_rs::{ops, Array, Dtype};
+use std::sync::atomic::{AtomicU8, Ordering};
+
+/// How products with quantized or half-precision weights are computed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MatmulPath {
+    /// MLX's own kernels (`quantized_matmul`, the bf16/f16 GEMM): the fast
+    /// ones on Metal and CUDA.
+    Native,
+    /// The weight expanded to float32 right before the product, which then
+    /// goes to the BLAS. On MLX's CPU backend the quantized and bf16 kernels
+    /// are single-threaded and 10-30x slower than OpenBLAS on float32. The
+    /// float32 copy lives only while its product runs (with gradient
+    /// checkpointing, also while its layer is recomputed for the backward).
+    ExpandToFloat32,
+}
+
+impl MatmulPath {
+    /// Its name in logs and `ft doctor`.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Self::Native => "MLX kernels (quantized/bf16 weights multiplied as stored)",
+            Self::ExpandToFloat32 => {
+                "float32 expansion (quantized/bf16 weights widened per product, BLAS GEMM)"
+            }
+        }
+    }
+}
+
+/// The fewest rows of `x` for which [`MatmulPath::ExpandToFloat32`] widens
+/// the weight: below it, widening costs more than the product saves.
+pub const MIN_EXPANDED_ROWS: i32 = 16;
+
+/// 0: not decided yet; 1: native; 2: expand.
+static MATMUL_PATH: AtomicU8 = AtomicU8::new(0);
+
+/// The path this process uses: set by [`set_matmul_path`], else from
+/// `FT_MATMUL_PATH` (`native`, `fp32`), else float32 expansion when MLX's
+/// default device is the CPU and MLX's kernels everywhere else.
+pub fn matmul_path() -> MatmulPath {
+    match MATMUL_PATH.load(Ordering::Relaxed) {
+        1 => return MatmulPath::Native,
+        2 => return MatmulPath::ExpandToFloat32,
+        _ => {}
+    }
+    let chosen = match std::env::var("FT_MATMUL_PATH").as_deref() {
+        Ok("native") => MatmulPath::Native,
+        Ok("fp32") => MatmulPath::ExpandToFloat32,
+        _ => {
+            let on_cpu = mlx_rs::Device::try_default()
+                .and_then(|device| device.get_type())
+                .is_ok_and(|kind| matches!(kind, mlx_rs::DeviceType::Cpu));
+            if on_cpu {
+                MatmulPath::ExpandToFloat32
+            } else {
+                MatmulPath::Native
+            }
+        }
+    };
+    set_matmul_path(chosen);
+    chosen
+}
+
+/// Chooses the path for the rest of the process (the trainer picks
+/// [`MatmulPath::Native`] for training without gradient checkpointing,
+/// where every layer's float32 copy would be kept for the backward pass).
+pub fn set_matmul_path(path: MatmulPath) {
+    let code = match path {
+        MatmulPath::Native => 1,
+        MatmulPath::ExpandToFloat32 => 2,
+    };
+    MATMUL_PATH.store(code, Ordering::Relaxed);
+}
 
 /// A weight matrix `(out, in)`, dense or quantized along `in`.
 #[derive(Clone, Debug)]
@@ -88,8 +161,41 @@ impl Weight {
         })
     }
 
-    /// `x @ W^T`.
+    /// Whether [`MatmulPath::ExpandToFloat32`] changes this weight's product.
+    fn expands(&self) -> bool {
+        match self {
+            Self::Dense(weight) => weight.dtype() != Dtype::Float32,
+            Self::Quantized { .. } => true,
+        }
+    }
+
+    /// `x @ W^T`, by the process's [`matmul_path`]. Products of fewer than
+    /// [`MIN_EXPANDED_ROWS`] rows (token-by-token generation) keep MLX's
+    /// kernels: widening the weight would cost more than the product.
     pub fn apply(&self, x: &Array) -> Result<Array> {
+        let rows: i32 = x.shape().iter().rev().skip(1).product();
+        if rows >= MIN_EXPANDED_ROWS
+            && self.expands()
+            && matmul_path() == MatmulPath::ExpandToFloat32
+        {
+            let wide = self.dense(Dtype::Float32)?;
+            let product = x.as_dtype(Dtype::Float32)?.matmul(wide.t())?;
+            // The dtype MLX's own product would have given.
+            let out_dtype = match self {
+                Self::Dense(weight) if weight.dtype() != x.dtype() => Dtype::Float32,
+                _ => x.dtype(),
+            };
+            return Ok(if out_dtype == Dtype::Float32 {
+                product
+            } else {
+                product.as_dtype(out_dtype)?
+            });
+        }
+        self.apply_native(x)
+    }
+
+    /// `x @ W^T` with MLX's kernels for the stored form.
+    pub fn apply_native(&self, x: &Array) -> Result<Array> {
         Ok(match self {
             Self::Dense(weight) => x.matmul(weight.t())?,
             Self::Quantized {
@@ -190,5 +296,119 @@ impl Linear {
     /// `x @ W^T`.
     pub fn forward(&self, x: &Array) -> Result<Array> {
         self.weight.apply(x)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mlx_rs::random;
+
+    fn max_relative_diff(a: &Array, b: &Array) -> f32 {
+        let a = a.as_dtype(Dtype::Float32).expect("cast");
+        let b = b.as_dtype(Dtype::Float32).expect("cast");
+        let scale = a
+            .abs()
+            .expect("abs")
+            .max(None)
+            .expect("max")
+            .item_exact::<f32>();
+        let diff = a
+            .subtract(&b)
+            .expect("sub")
+            .abs()
+            .expect("abs")
+            .max(None)
+            .expect("max")
+            .item_exact::<f32>();
+        diff / scale.max(1e-12)
+    }
+
+    fn inputs(dtype: Dtype) -> (Array, Array) {
+        let key = random::key(5).expect("key");
+        let (kw, kx) = random::split(&key, 2).expect("split");
+        let w = random::normal::<f32>(&[64, 128][..], None, None, &kw).expect("w");
+        let x = random::normal::<f32>(&[2, 12, 128][..], None, None, &kx).expect("x");
+        (w.as_dtype(dtype).expect("w"), x.as_dtype(dtype).expect("x"))
+    }
+
+    #[test]
+    fn float32_expansion_matches_mlx_kernels_for_quantized_and_bf16_weights() {
+        set_matmul_path(MatmulPath::ExpandToFloat32);
+        for dtype in [Dtype::Float32, Dtype::Bfloat16] {
+            let (w, x) = inputs(dtype);
+            for weight in [
+                Weight::Dense(w.clone()),
+                Weight::Dense(w.clone()).quantize(32, 4).expect("q4"),
+                Weight::Dense(w.clone()).quantize(64, 8).expect("q8"),
+            ] {
+                let native = weight.apply_native(&x).expect("native");
+                let widened = weight.apply(&x).expect("expanded");
+                assert_eq!(widened.dtype(), native.dtype(), "{dtype:?}");
+                assert_eq!(widened.shape(), native.shape());
+                // Against the exact product of the stored values in float32:
+                // the expansion is at least as close as MLX's own kernel
+                // (whose bf16 quantized product rounds along the way).
+                let exact = x
+                    .as_dtype(Dtype::Float32)
+                    .expect("x")
+                    .matmul(weight.dense(Dtype::Float32).expect("dense").t())
+                    .expect("exact");
+                let (ours, mlx) = (
+                    max_relative_diff(&exact, &widened),
+                    max_relative_diff(&exact, &native),
+                );
+                let tolerance = if dtype == Dtype::Float32 { 1e-5 } else { 8e-3 };
+                assert!(
+                    ours < tolerance && ours <= mlx + 1e-6,
+                    "{dtype:?} quantized {}: expansion {ours}, MLX kernel {mlx}",
+                    weight.is_quantized()
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn float32_expansion_gives_the_same_input_gradient() {
+        set_matmul_path(MatmulPath::ExpandToFloat32);
+        let (w, x) = inputs(Dtype::Float32);
+        let weight = Weight::Dense(w).quantize(32, 4).expect("q4");
+        let gradient = |expand: bool| {
+            let weight = weight.clone();
+            let loss = move |inputs: &[Array]| -> mlx_rs::error::Result<Vec<Array>> {
+                let y = if expand {
+                    weight.apply(&inputs[0])
+                } else {
+                    weight.apply_native(&inputs[0])
+                }
+                .map_err(|e| mlx_rs::error::Exception::custom(e.to_string()))?;
+                Ok(vec![y.square()?.sum(None)?])
+            };
+            let (_, grads) =
+                mlx_rs::transforms::value_and_grad(loss)(std::slice::from_ref(&x)).expect("grad");
+            grads[0].clone()
+        };
+        let diff = max_relative_diff(&gradient(false), &gradient(true));
+        assert!(diff < 1e-5, "{diff}");
+    }
+
+    #[test]
+    fn short_products_keep_mlx_kernels() {
+        set_matmul_path(MatmulPath::ExpandToFloat32);
+        let (w, _) = inputs(Dtype::Float32);
+        let weight = Weight::Dense(w).quantize(32, 4).expect("q4");
+        let one_token = random::normal::<f32>(&[1, 1, 128][..], None, None, None).expect("x");
+        let expected = weight.apply_native(&one_token).expect("native");
+        let got = weight.apply(&one_token).expect("apply");
+        assert_eq!(max_relative_diff(&expected, &got), 0.0);
+    }
+
+    #[test]
+    fn the_path_can_be_chosen() {
+        set_matmul_path(MatmulPath::Native);
+        assert_eq!(matmul_path(), MatmulPath::Native);
+        set_matmul_path(MatmulPath::ExpandToFloat32);
+        assert_eq!(matmul_path(), MatmulPath::ExpandToFloat32);
+        assert!(MatmulPath::ExpandToFloat32.describe().contains("BLAS"));
     }
 }

@@ -4,6 +4,8 @@
 //! quantization, the forward pass and decoding (token ids in, token ids and
 //! logits out), and checks of the MLX runtime underneath (`runtime`), and the MLX
 //! distributed group that data-parallel training reduces over (`distributed`).
+//! Models named by Hugging Face Hub id are resolved into the standard
+//! Hugging Face cache (`hub`).
 //!
 //! It must not know about text (tokenizers, chat templates: `ft-data`),
 //! adapters (`ft-lora`, which plugs in through [`LinearAdapter`]) or
@@ -17,6 +19,7 @@ pub mod export_gguf;
 pub mod generate;
 pub mod gguf;
 pub mod grad_checkpoint;
+pub mod hub;
 pub mod layers;
 pub mod load;
 pub mod model;
@@ -28,8 +31,9 @@ pub use error::{Error, Result};
 pub use export::{save_hf_dir, ExportOptions};
 pub use export_gguf::{save_gguf, GgufExportOptions, GgufMetadataValue};
 pub use generate::{generate, generate_batch, Generation, SamplingOptions, StopReason};
+pub use hub::{HubClient, HubId, HubModel, HubOptions};
 pub use layers::{Linear, Weight};
-pub use load::{load_model, LoadOptions, ModelSource};
+pub use load::{load_model, same_model, LoadOptions, ModelSource};
 pub use model::{
     AttentionScope, KvCache, LayerAdapter, LinearAdapter, Model, NoAdapter, Projection,
 };

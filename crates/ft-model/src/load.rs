@@ -50,7 +50,10 @@ pub enum ModelSource {
 }
 
 impl ModelSource {
-    /// Resolves a directory, a `.gguf` file or a built-in name.
+    /// Resolves a directory, a `.gguf` file, a built-in name or a Hugging
+    /// Face Hub id (`org/name[@revision]`, see [`crate::hub`]): a Hub id
+    /// becomes the snapshot directory in the Hugging Face cache, downloaded
+    /// first when it is not there completely.
     pub fn resolve(name_or_path: &str) -> Result<Self> {
         let path = Path::new(name_or_path);
         if path.is_dir() {
@@ -75,10 +78,26 @@ impl ModelSource {
                 builtin_names(),
             ));
         }
+        if let Some(id) = crate::hub::model_id(name_or_path) {
+            return Ok(Self::Directory(crate::hub::resolve(&id)?.dir));
+        }
         Err(Error::ModelNotFound(
             name_or_path.to_string(),
             builtin_names(),
         ))
+    }
+
+    /// Like [`Self::resolve`], but a Hub id only needs its configuration and
+    /// tokenizer files (downloaded alone when the weights are not cached):
+    /// for reading shapes and tokenizing before any weight is needed.
+    pub fn resolve_without_weights(name_or_path: &str) -> Result<Self> {
+        let path = Path::new(name_or_path);
+        if !path.exists() && !BUILTIN_MODELS.iter().any(|(name, _)| *name == name_or_path) {
+            if let Some(id) = crate::hub::model_id(name_or_path) {
+                return Ok(Self::Directory(crate::hub::resolve_without_weights(&id)?));
+            }
+        }
+        Self::resolve(name_or_path)
     }
 
     /// The file or directory.
@@ -86,6 +105,54 @@ impl ModelSource {
         match self {
             Self::Directory(path) | Self::Gguf(path) => path,
         }
+    }
+
+    /// The Hub repository (`org/name`) and commit when the directory is a
+    /// snapshot of the Hugging Face cache (what a Hub id resolves to); the
+    /// revision asked for is in the string given to [`Self::resolve`]
+    /// ([`crate::hub::model_id`] parses it).
+    pub fn hub_id(&self) -> Option<crate::hub::HubModel> {
+        match self {
+            Self::Directory(dir) => crate::hub::HubModel::from_snapshot_dir(dir),
+            Self::Gguf(_) => None,
+        }
+    }
+}
+
+/// Whether two `--model` / `model.path` strings name the same base model
+/// without resolving or downloading anything: equal strings, the same file
+/// or directory however written (relative, absolute, through links), or the
+/// same Hub repository (case-insensitive; revisions compared when both sides
+/// give one, a missing revision meaning `main`; a cache snapshot directory
+/// counts as its repository).
+pub fn same_model(a: &str, b: &str) -> bool {
+    if a == b {
+        return true;
+    }
+    #[derive(Debug)]
+    enum Key {
+        Hub(String, Option<String>),
+        Path(PathBuf),
+        Name(String),
+    }
+    let key = |spec: &str| -> Key {
+        if let Some(id) = crate::hub::model_id(spec) {
+            let revision = id.revision_or_main().to_string();
+            return Key::Hub(id.repo.to_ascii_lowercase(), Some(revision));
+        }
+        match std::fs::canonicalize(spec) {
+            Ok(path) => match crate::hub::HubModel::from_snapshot_dir(&path) {
+                Some(model) => Key::Hub(model.id.to_ascii_lowercase(), None),
+                None => Key::Path(path),
+            },
+            Err(_) => Key::Name(spec.to_string()),
+        }
+    };
+    match (key(a), key(b)) {
+        (Key::Hub(a, ra), Key::Hub(b, rb)) => a == b && (ra.is_none() || rb.is_none() || ra == rb),
+        (Key::Path(a), Key::Path(b)) => a == b,
+        (Key::Name(a), Key::Name(b)) => a == b,
+        _ => false,
     }
 }
 
@@ -182,10 +249,32 @@ pub fn read_safetensors_dir(dir: &Path) -> Result<HashMap<String, Array>> {
 /// an `output.weight`. Shared by the loader and by readers that only see
 /// the metadata (memory estimates).
 pub fn gguf_hf_config(
-    number: &dyn Fn(&str) -> Option<f64>,
+    lookup: &dyn Fn(&str) -> std::result::Result<Option<f64>, String>,
     vocab_fallback: usize,
     tied: bool,
 ) -> std::result::Result<crate::config::HfConfig, String> {
+    // Look every key up first: a failed read is reported, never taken for "absent".
+    const KEYS: [&str; 12] = [
+        "llama.embedding_length",
+        "llama.attention.head_count",
+        "llama.attention.head_count_kv",
+        "llama.vocab_size",
+        "llama.rope.dimension_count",
+        "llama.feed_forward_length",
+        "llama.block_count",
+        "llama.attention.layer_norm_rms_epsilon",
+        "llama.rope.freq_base",
+        "llama.context_length",
+        "tokenizer.ggml.bos_token_id",
+        "tokenizer.ggml.eos_token_id",
+    ];
+    let mut values = HashMap::new();
+    for key in KEYS {
+        if let Some(value) = lookup(key)? {
+            values.insert(key, value);
+        }
+    }
+    let number = |key: &str| values.get(key).copied();
     let required = |key: &str| number(key).ok_or_else(|| format!("metadata `{key}` is missing"));
     let hidden_size = required("llama.embedding_length")? as usize;
     let num_heads = required("llama.attention.head_count")? as usize;
@@ -237,12 +326,11 @@ pub fn read_gguf(path: &Path) -> Result<(ModelArgs, HashMap<String, Array>)> {
         .get("token_embd.weight")
         .map_or(0, |t| t.shape()[0] as usize);
     let tied = !raw_tensors.contains_key("output.weight");
-    let hf = gguf_hf_config(&|key| file.metadata_number(key), vocab_fallback, tied).map_err(
-        |message| Error::Config {
-            path: path.to_path_buf(),
-            message,
-        },
-    )?;
+    let lookup = |key: &str| file.metadata_number(key).map_err(|error| error.to_string());
+    let hf = gguf_hf_config(&lookup, vocab_fallback, tied).map_err(|message| Error::Config {
+        path: path.to_path_buf(),
+        message,
+    })?;
     let args = ModelArgs::from_hf(&hf).map_err(|message| Error::Config {
         path: path.to_path_buf(),
         message,

@@ -5,7 +5,9 @@
 use crate::{Error, Result};
 use mlx_rs::{random, Array, Device, DeviceType};
 use serde::Serialize;
+use std::collections::BTreeMap;
 use std::ffi::{c_char, CStr, CString};
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 /// The MLX version libmlx reports, e.g. `0.32.2`.
@@ -32,6 +34,191 @@ pub fn default_device() -> Result<&'static str> {
         DeviceType::Cpu => "cpu",
         DeviceType::Gpu => "gpu",
     })
+}
+
+/// Whether MLX has a GPU backend here (Metal on a Mac, CUDA when built for it).
+pub fn gpu_available() -> bool {
+    // SAFETY: plain FFI; the device handle is freed before returning.
+    unsafe {
+        let device = mlx_sys::mlx_device_new_type(mlx_sys::mlx_device_type__MLX_GPU, 0);
+        let mut available = false;
+        let status = mlx_sys::mlx_device_is_available(&mut available, device);
+        mlx_sys::mlx_device_free(device);
+        status == 0 && available
+    }
+}
+
+/// One value of MLX's `device_info`.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(untagged)]
+pub enum DeviceInfoValue {
+    /// A name, e.g. `device_name` or `architecture`.
+    Text(String),
+    /// A size or count, e.g. `memory_size` or `max_recommended_working_set_size` (bytes).
+    Size(u64),
+}
+
+/// What MLX reports about the GPU (device 0): on Metal `device_name`,
+/// `architecture`, `memory_size`, `max_recommended_working_set_size`,
+/// `max_buffer_length`; on CUDA the device's name and memory. `None` when
+/// there is no GPU backend.
+pub fn gpu_info() -> Result<Option<BTreeMap<String, DeviceInfoValue>>> {
+    if !gpu_available() {
+        return Ok(None);
+    }
+    let failed = |what: &str| Error::CheckFailed {
+        check: "GPU device info",
+        expected: "MLX's device_info for gpu:0".into(),
+        got: format!("{what} failed"),
+    };
+    let mut values = BTreeMap::new();
+    // SAFETY: FFI over handles created and freed here; strings copied before free.
+    unsafe {
+        let device = mlx_sys::mlx_device_new_type(mlx_sys::mlx_device_type__MLX_GPU, 0);
+        let mut info = mlx_sys::mlx_device_info_new();
+        let mut keys = mlx_sys::mlx_vector_string_new();
+        let release = |info, keys, device| {
+            mlx_sys::mlx_vector_string_free(keys);
+            mlx_sys::mlx_device_info_free(info);
+            mlx_sys::mlx_device_free(device);
+        };
+        if mlx_sys::mlx_device_info_get(&mut info, device) != 0
+            || mlx_sys::mlx_device_info_get_keys(&mut keys, info) != 0
+        {
+            release(info, keys, device);
+            return Err(failed("mlx_device_info_get"));
+        }
+        for index in 0..mlx_sys::mlx_vector_string_size(keys) {
+            let mut raw: *mut c_char = std::ptr::null_mut();
+            if mlx_sys::mlx_vector_string_get(&mut raw, keys, index) != 0 || raw.is_null() {
+                continue;
+            }
+            let key = CStr::from_ptr(raw).to_string_lossy().into_owned();
+            let mut is_string = false;
+            if mlx_sys::mlx_device_info_is_string(&mut is_string, info, raw) != 0 {
+                continue;
+            }
+            if is_string {
+                let mut text: *const c_char = std::ptr::null();
+                if mlx_sys::mlx_device_info_get_string(&mut text, info, raw) == 0 && !text.is_null()
+                {
+                    let value = CStr::from_ptr(text).to_string_lossy().into_owned();
+                    values.insert(key, DeviceInfoValue::Text(value));
+                }
+            } else {
+                let mut size: usize = 0;
+                if mlx_sys::mlx_device_info_get_size(&mut size, info, raw) == 0 {
+                    values.insert(key, DeviceInfoValue::Size(size as u64));
+                }
+            }
+        }
+        release(info, keys, device);
+    }
+    Ok(Some(values))
+}
+
+/// The GPU's recommended working set in bytes (Metal), if MLX reports one.
+pub fn recommended_working_set() -> Option<u64> {
+    match gpu_info().ok()??.get("max_recommended_working_set_size") {
+        Some(DeviceInfoValue::Size(bytes)) => Some(*bytes),
+        _ => None,
+    }
+}
+
+/// The Metal kernels' library file MLX loads on first GPU use.
+pub const METALLIB: &str = "mlx.metallib";
+
+/// Where MLX looks for [`METALLIB`], in its order: next to the executable,
+/// then the directory baked in when mlx-sys was built (`MLX_RS_METAL_PATH`,
+/// which the workspace's `.cargo/config.toml` sets to `target/mlx-metal`).
+/// The second is absent for builds outside the workspace (upstream's default
+/// under `~/.mlx`, which only MLX knows).
+pub fn metallib_candidates(executable: Option<&Path>) -> Vec<PathBuf> {
+    let mut candidates = Vec::new();
+    if let Some(dir) = executable.and_then(Path::parent) {
+        candidates.push(dir.join(METALLIB));
+    }
+    if let Some(dir) = option_env!("MLX_RS_METAL_PATH") {
+        candidates.push(Path::new(dir).join(METALLIB));
+    }
+    candidates
+}
+
+/// On Metal, the [`METALLIB`] MLX will load; an error naming every place
+/// looked at when there is none (instead of MLX's failure at the first GPU
+/// operation). `Ok(None)` off Metal, or when this build does not know MLX's
+/// baked-in path.
+pub fn check_metallib() -> Result<Option<PathBuf>> {
+    if !cfg!(target_os = "macos") {
+        return Ok(None);
+    }
+    let executable = std::env::current_exe().ok();
+    find_metallib(
+        &metallib_candidates(executable.as_deref()),
+        option_env!("MLX_RS_METAL_PATH").is_some(),
+    )
+}
+
+/// The first existing candidate; when none exists and `complete` says the
+/// list is all MLX searches, an error that names them and the fix.
+pub fn find_metallib(candidates: &[PathBuf], complete: bool) -> Result<Option<PathBuf>> {
+    if let Some(found) = candidates.iter().find(|path| path.is_file()) {
+        return Ok(Some(found.clone()));
+    }
+    if !complete {
+        return Ok(None);
+    }
+    let looked: Vec<String> = candidates.iter().map(|p| p.display().to_string()).collect();
+    Err(Error::CheckFailed {
+        check: "MLX Metal kernels (mlx.metallib)",
+        expected: format!("the file at one of: {}", looked.join(", ")),
+        got: "none of them exists: copy target/mlx-metal/mlx.metallib from the build next to \
+              this `ft` (`cargo xtask install` does), or rebuild with `cargo build --release -p \
+              ft-cli` (docs/macos.md)"
+            .into(),
+    })
+}
+
+/// MLX's memory settings, as the trainer applies them (see `[memory]`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+pub struct MemorySettings {
+    /// MLX's memory limit in bytes, when set.
+    pub limit: Option<u64>,
+    /// Wired limit in bytes on Metal, when set.
+    pub wired_limit: Option<u64>,
+    /// Buffer cache limit in bytes, when set.
+    pub cache_limit: Option<u64>,
+}
+
+/// What MLX had before and has after [`apply_memory_settings`], in bytes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+pub struct AppliedMemory {
+    /// The memory limit in force afterwards.
+    pub limit: u64,
+    /// The wired limit set (Metal only), when one was.
+    pub wired_limit: Option<u64>,
+    /// The cache limit set, when one was.
+    pub cache_limit: Option<u64>,
+}
+
+/// Applies `settings` to MLX. The wired limit is applied only when a GPU
+/// backend is present (MLX's CPU backend has no wired memory).
+pub fn apply_memory_settings(settings: &MemorySettings) -> Result<AppliedMemory> {
+    let to_usize = |bytes: u64| usize::try_from(bytes).unwrap_or(usize::MAX);
+    if let Some(limit) = settings.limit {
+        mlx_rs::memory::set_memory_limit(to_usize(limit))?;
+    }
+    let mut applied = AppliedMemory::default();
+    if let Some(limit) = settings.cache_limit {
+        mlx_rs::memory::set_cache_limit(to_usize(limit))?;
+        applied.cache_limit = Some(limit);
+    }
+    if let Some(limit) = settings.wired_limit.filter(|_| gpu_available()) {
+        mlx_rs::memory::set_wired_limit(to_usize(limit))?;
+        applied.wired_limit = Some(limit);
+    }
+    applied.limit = mlx_rs::memory::memory_limit()? as u64;
+    Ok(applied)
 }
 
 /// Which BLAS library MLX's `cblas_sgemm` calls resolve to in this process.
@@ -157,6 +344,8 @@ fn call_string_getter(symbol: &str) -> Option<String> {
 /// A timed fp32 square matrix product.
 #[derive(Clone, Debug, Serialize)]
 pub struct MatmulRate {
+    /// `cpu` (MLX's CPU backend: the BLAS) or `gpu`.
+    pub device: &'static str,
     /// Matrix size n (n x n times n x n).
     pub n: usize,
     /// Timed repetitions (after one warm-up).
@@ -167,9 +356,15 @@ pub struct MatmulRate {
     pub max_relative_error: f64,
 }
 
-/// Times `n x n` fp32 matmuls for about `budget` and checks a corner of the
-/// result against a float64 computation.
-pub fn measure_matmul(n: usize, budget: Duration) -> Result<MatmulRate> {
+/// Times `n x n` fp32 matmuls on the CPU (`gpu` false: MLX's CPU backend,
+/// i.e. the BLAS) or the GPU for about `budget`, and checks a corner of the
+/// result against a float64 computation done in Rust.
+pub fn measure_matmul(n: usize, budget: Duration, gpu: bool) -> Result<MatmulRate> {
+    let device = if gpu { Device::gpu() } else { Device::cpu() };
+    mlx_rs::with_device(device, || timed_matmul(n, budget, gpu))
+}
+
+fn timed_matmul(n: usize, budget: Duration, gpu: bool) -> Result<MatmulRate> {
     let side = n as i32;
     let key = random::key(7)?;
     let keys = random::split(&key, 2)?;
@@ -214,6 +409,7 @@ pub fn measure_matmul(n: usize, budget: Duration) -> Result<MatmulRate> {
         });
     }
     Ok(MatmulRate {
+        device: if gpu { "gpu" } else { "cpu" },
         n,
         repetitions,
         gflops,
@@ -292,15 +488,82 @@ mod tests {
 
     #[test]
     fn matmul_is_accurate() {
-        let rate = measure_matmul(128, Duration::from_millis(10)).expect("matmul");
+        let rate = measure_matmul(128, Duration::from_millis(10), false).expect("matmul");
         assert!(rate.max_relative_error <= 1e-5);
         assert!(rate.gflops > 0.0);
     }
 
     #[test]
+    fn metallib_search_names_every_place_and_finds_the_first_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let exe = dir.path().join("bin/ft");
+        let baked = dir.path().join("target/mlx-metal");
+        let candidates = vec![exe.with_file_name(METALLIB), baked.join(METALLIB)];
+        let error = find_metallib(&candidates, true).expect_err("nothing there");
+        let message = error.to_string();
+        assert!(
+            message.contains(&candidates[0].display().to_string()),
+            "{message}"
+        );
+        assert!(
+            message.contains(&candidates[1].display().to_string()),
+            "{message}"
+        );
+        assert!(message.contains("cargo xtask install"), "{message}");
+        // An incomplete list (upstream's ~/.mlx default) is not an error.
+        assert_eq!(find_metallib(&candidates, false).expect("unknown"), None);
+        std::fs::create_dir_all(&baked).expect("mkdir");
+        std::fs::write(baked.join(METALLIB), b"x").expect("write");
+        assert_eq!(
+            find_metallib(&candidates, true).expect("found"),
+            Some(candidates[1].clone())
+        );
+        std::fs::create_dir_all(dir.path().join("bin")).expect("mkdir");
+        std::fs::write(&candidates[0], b"x").expect("write");
+        assert_eq!(
+            find_metallib(&candidates, true).expect("found"),
+            Some(candidates[0].clone()),
+            "next to the executable comes first, as in MLX"
+        );
+        // This workspace bakes target/mlx-metal in (.cargo/config.toml).
+        let own = metallib_candidates(Some(Path::new("/opt/ft/bin/ft")));
+        assert_eq!(own[0], Path::new("/opt/ft/bin").join(METALLIB));
+        assert!(
+            own.get(1)
+                .is_some_and(|p| p.ends_with("target/mlx-metal/mlx.metallib")),
+            "{own:?}"
+        );
+    }
+
+    #[test]
+    fn memory_settings_reach_mlx() {
+        let before = mlx_rs::memory::memory_limit().expect("limit") as u64;
+        let applied = apply_memory_settings(&MemorySettings {
+            limit: Some(3 << 30),
+            wired_limit: Some(1 << 30),
+            cache_limit: Some(256 << 20),
+        })
+        .expect("apply");
+        assert_eq!(applied.limit, 3 << 30);
+        assert_eq!(applied.cache_limit, Some(256 << 20));
+        // No GPU backend here: the wired limit is not MLX's to set.
+        assert_eq!(applied.wired_limit.is_some(), gpu_available());
+        mlx_rs::memory::set_memory_limit(before as usize).expect("restore");
+    }
+
+    #[test]
+    fn gpu_info_is_absent_without_a_gpu_backend() {
+        let info = gpu_info().expect("device info");
+        assert_eq!(info.is_some(), gpu_available());
+        if let Some(info) = info {
+            assert!(!info.is_empty());
+        }
+    }
+
+    #[test]
     fn blas_is_found_in_the_process() {
         // Force libmlx (and its BLAS) to be used at least once.
-        measure_matmul(64, Duration::from_millis(1)).expect("matmul");
+        measure_matmul(64, Duration::from_millis(1), false).expect("matmul");
         let blas = blas_binding();
         assert!(blas.sgemm_library.is_some(), "{blas:?}");
         if cfg!(target_os = "linux") {

@@ -75,6 +75,93 @@ pub fn random_weights(config: &HfConfig, seed: u64) -> Result<BTreeMap<String, A
     Ok(weights)
 }
 
+/// Writes a random-weight checkpoint of `config` (its `config.json` is
+/// `config_json`, written verbatim) as `shards` safetensors files of
+/// `dtype`, one shard at a time so that at most one shard is in memory: a
+/// full-size model (Mistral-7B, 14.5 GB in bfloat16) is written in a
+/// fraction of that memory. Shards split at decoder-layer boundaries, as
+/// Hugging Face checkpoints do. Returns the shard count written.
+pub fn write_random_checkpoint(
+    dir: &Path,
+    config_json: &serde_json::Value,
+    dtype: mlx_rs::Dtype,
+    shards: usize,
+    seed: u64,
+) -> Result<usize> {
+    let config: HfConfig =
+        serde_json::from_value(config_json.clone()).map_err(|error| Error::Config {
+            path: dir.join("config.json"),
+            message: error.to_string(),
+        })?;
+    let args = crate::ModelArgs::from_hf(&config).map_err(Error::InvalidRequest)?;
+    let hidden = args.hidden_size as i32;
+    let vocab = args.vocab_size as i32;
+    // (name, shape, scale; 0 scale means a norm: 1 + small noise)
+    let mut plan: Vec<(String, Vec<i32>, f32, usize)> = Vec::new();
+    plan.push((
+        "model.embed_tokens.weight".into(),
+        vec![vocab, hidden],
+        0.02,
+        0,
+    ));
+    for layer in 0..args.num_layers {
+        for projection in crate::Projection::ALL {
+            let (out, fan_in) = args.projection_shape(projection);
+            let scale = 1.0 / (fan_in as f32).sqrt();
+            plan.push((
+                format!("{}.weight", projection.key(layer)),
+                vec![out, fan_in],
+                scale,
+                layer,
+            ));
+        }
+        for norm in ["input_layernorm", "post_attention_layernorm"] {
+            plan.push((
+                format!("model.layers.{layer}.{norm}.weight"),
+                vec![hidden],
+                0.0,
+                layer,
+            ));
+        }
+    }
+    let last = args.num_layers.saturating_sub(1);
+    plan.push(("model.norm.weight".into(), vec![hidden], 0.0, last));
+    if !args.tie_word_embeddings {
+        plan.push(("lm_head.weight".into(), vec![vocab, hidden], 0.05, last));
+    }
+    let count = shards.clamp(1, args.num_layers.max(1));
+    let layers_per_shard = args.num_layers.div_ceil(count).max(1);
+    std::fs::create_dir_all(dir).map_err(|source| Error::Io {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    let mut key = random::key(seed)?;
+    let mut weight_map = BTreeMap::new();
+    let mut total_size = 0;
+    for shard in 0..count {
+        let mut arrays: Vec<(String, Array)> = Vec::new();
+        for (name, shape, scale, layer) in &plan {
+            if (layer / layers_per_shard).min(count - 1) != shard {
+                continue;
+            }
+            let (next, sub) = random::split(&key, 2)?;
+            key = next;
+            let values = if *scale == 0.0 {
+                random::normal::<f32>(&shape[..], None, 0.1, &sub)?.add(Array::from_f32(1.0))?
+            } else {
+                random::normal::<f32>(&shape[..], None, *scale, &sub)?
+            };
+            let values = values.as_dtype(dtype)?;
+            values.eval()?;
+            arrays.push((name.clone(), values));
+        }
+        let borrowed: Vec<(&str, &Array)> = arrays.iter().map(|(n, a)| (n.as_str(), a)).collect();
+        total_size += crate::export::write_shard(dir, shard, count, &borrowed, &mut weight_map)?;
+    }
+    crate::export::write_index_and_config(dir, config_json, count, total_size, &weight_map)?;
+    Ok(count)
+}
+
 /// Writes `weights` as an HF directory: config.json plus safetensors split
 /// into `shards` files with a `model.safetensors.index.json` (one shard:
 /// a single `model.safetensors`).
@@ -111,6 +198,26 @@ pub fn tiny_model(seed: u64, options: &crate::LoadOptions) -> Result<crate::Mode
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_random_checkpoint_is_written_shard_by_shard_and_loads() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = serde_json::to_value(tiny_mistral_config()).expect("json");
+        let written = write_random_checkpoint(dir.path(), &config, mlx_rs::Dtype::Bfloat16, 3, 4)
+            .expect("write");
+        assert_eq!(written, 2, "two layers: at most two shards");
+        assert!(dir
+            .path()
+            .join("model-00001-of-00002.safetensors")
+            .is_file());
+        assert!(dir.path().join("model.safetensors.index.json").is_file());
+        let model = crate::load_model(
+            dir.path().to_str().expect("utf-8"),
+            &crate::LoadOptions::default(),
+        )
+        .expect("load");
+        assert_eq!(model.args.num_layers, 2);
+    }
     use crate::{load_model, AttentionScope, LoadOptions, NoAdapter};
 
     fn logits_of(dir: &Path, options: &LoadOptions) -> Vec<f32> {

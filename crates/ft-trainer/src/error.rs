@@ -66,6 +66,40 @@ pub enum TrainError {
         /// The newest checkpoint on disk.
         last_checkpoint: Option<PathBuf>,
     },
+    /// The memory estimate of the configuration exceeds the machine's memory
+    /// (checked before the model is loaded; `memory.check_fits`).
+    #[error(
+        "this configuration is predicted to need {} at its peak, more than the {} {}. \
+         What would fit:\n{suggestions}\nOr set memory.check_fits = false to try anyway",
+        crate::disk::human_bytes(*predicted),
+        crate::disk::human_bytes(*available),
+        budget
+    )]
+    WontFit {
+        /// `ft estimate-memory`'s prediction in bytes.
+        predicted: u64,
+        /// The memory it was compared with, in bytes.
+        available: u64,
+        /// What that memory is (the GPU's working set, the machine's memory).
+        budget: &'static str,
+        /// One line per change that was estimated, with its prediction.
+        suggestions: String,
+    },
+    /// MLX could not allocate memory during a step.
+    #[error(
+        "out of memory at step {step}: {message}. The last checkpoint is intact{}; lower \
+         training.batch_size or data.max_seq_len, set training.grad_checkpointing = true or \
+         quantize the base model (`ft estimate-memory` shows what each costs), then resume",
+        last_checkpoint.as_ref().map(|p| format!(" at {}", p.display())).unwrap_or_default()
+    )]
+    OutOfMemory {
+        /// The optimizer step (1-based) that failed.
+        step: u64,
+        /// MLX's message.
+        message: String,
+        /// The newest checkpoint on disk.
+        last_checkpoint: Option<PathBuf>,
+    },
     /// A data-parallel run could not start or lost a rank.
     #[error("distributed run: {0}")]
     Distributed(String),
@@ -81,6 +115,21 @@ impl TrainError {
             _ => true,
         }
     }
+}
+
+/// Whether an MLX message is an allocation failure (Metal's resource
+/// limit, the allocator's out-of-memory, a failed `malloc`).
+pub fn is_out_of_memory_message(message: &str) -> bool {
+    let lower = message.to_ascii_lowercase();
+    [
+        "[metal::malloc]",
+        "resource limit",
+        "out of memory",
+        "bad_alloc",
+        "failed to allocate",
+    ]
+    .iter()
+    .any(|marker| lower.contains(marker))
 }
 
 pub(crate) fn io_error(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> TrainError {

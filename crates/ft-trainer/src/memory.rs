@@ -21,7 +21,7 @@ use std::path::Path;
 /// The hyper-parameters of `model` (directory, GGUF file or built-in name)
 /// from its `config.json` or its GGUF metadata alone: no tensor is read.
 pub fn model_args(model: &str) -> Result<ModelArgs> {
-    match ft_model::ModelSource::resolve(model)? {
+    match ft_model::ModelSource::resolve_without_weights(model)? {
         ft_model::ModelSource::Directory(dir) => {
             Ok(ModelArgs::from_config_file(&dir.join("config.json"))?)
         }
@@ -49,7 +49,16 @@ fn gguf_args(path: &Path) -> Result<ModelArgs> {
     let layers = number("llama.block_count").unwrap_or(0.0) as u64;
     // token_embd, output_norm and 9 tensors per block: no `output.weight`.
     let tied = meta.tensor_count <= 2 + 9 * layers;
-    let hf = ft_model::load::gguf_hf_config(&number, vocab_fallback, tied).map_err(bad)?;
+    let lookup = |key: &str| match meta.get(key) {
+        None => Ok(None),
+        Some(value) => value.as_f64().map(Some).ok_or_else(|| {
+            format!(
+                "metadata `{key}`: expected a number, got {}",
+                value.type_name()
+            )
+        }),
+    };
+    let hf = ft_model::load::gguf_hf_config(&lookup, vocab_fallback, tied).map_err(bad)?;
     ModelArgs::from_hf(&hf).map_err(bad)
 }
 
@@ -76,6 +85,11 @@ pub struct MemoryEstimate {
     pub activations: u64,
     /// Logits of the target tokens, their softmax and gradient.
     pub logits: u64,
+    /// Quantized or half-precision weights widened to float32 for one
+    /// product at a time (the CPU backend's path, with gradient
+    /// checkpointing): the largest set alive at once, one layer's or the
+    /// output head's.
+    pub expanded_weights: u64,
     /// The sum.
     pub total: u64,
     /// Trainable parameters.
@@ -178,7 +192,24 @@ pub fn estimate(
     };
     // Logits, exp/softmax and their gradient, float32, target tokens only.
     let logits = target_tokens * vocab * 4 * 3;
-    let total = weights + adapters + gradients + optimizer + activations + logits;
+    let widened = config.model.quantization != Quantization::None || dtype_bytes != 4;
+    let expanded_weights = if widened
+        && config.training.grad_checkpointing
+        && ft_model::layers::matmul_path() == ft_model::layers::MatmulPath::ExpandToFloat32
+    {
+        let layer: u64 = Projection::ALL
+            .into_iter()
+            .map(|p| {
+                let (out, input) = projection(p);
+                out * input * 4
+            })
+            .sum();
+        layer.max(vocab * hidden * 4)
+    } else {
+        0
+    };
+    let total =
+        weights + adapters + gradients + optimizer + activations + logits + expanded_weights;
     MemoryEstimate {
         model: args.clone(),
         batch_size: batch,
@@ -190,6 +221,7 @@ pub fn estimate(
         optimizer,
         activations,
         logits,
+        expanded_weights,
         total,
         trainable_parameters: trainable,
     }
@@ -209,6 +241,13 @@ pub fn data_extent(config: &Config) -> Result<(u64, u64)> {
     }
     let tokenizer = crate::model_tokenizer(&config.model.path)?;
     let (dataset, _) = crate::load_datasets(config, &tokenizer)?;
+    Ok(dataset_extent(config, &dataset))
+}
+
+/// The sequence length and targets of the largest micro-batch of `dataset`.
+pub fn dataset_extent(config: &Config, dataset: &ft_data::Dataset) -> (u64, u64) {
+    let batch = u64::from(config.training.batch_size);
+    let max_len = u64::from(config.data.max_seq_len);
     let longest = dataset
         .examples
         .iter()
@@ -221,5 +260,257 @@ pub fn data_extent(config: &Config) -> Result<(u64, u64)> {
         .map(|e| e.target_count() as u64)
         .max()
         .unwrap_or(longest);
-    Ok((longest.min(max_len), (batch * most_targets).max(1)))
+    (longest.min(max_len), (batch * most_targets).max(1))
+}
+
+/// The memory a training run may use: on Metal the GPU's recommended
+/// working set, elsewhere the machine's physical memory. `None` when
+/// neither can be read.
+pub fn available_memory() -> Option<(u64, &'static str)> {
+    if let Some(bytes) = ft_model::runtime::recommended_working_set() {
+        return Some((bytes, "GPU's recommended working set"));
+    }
+    physical_memory().map(|bytes| (bytes, "machine's memory"))
+}
+
+/// Physical memory of the machine in bytes (`sysconf`, Linux and macOS).
+pub fn physical_memory() -> Option<u64> {
+    // SAFETY: sysconf has no preconditions.
+    let (pages, page_size) = unsafe {
+        (
+            libc::sysconf(libc::_SC_PHYS_PAGES),
+            libc::sysconf(libc::_SC_PAGESIZE),
+        )
+    };
+    (pages > 0 && page_size > 0).then(|| pages as u64 * page_size as u64)
+}
+
+/// Changes that lower the peak, each estimated, in the order a user would
+/// try them; the ones that fit `available` are marked.
+pub fn suggestions(
+    config: &Config,
+    args: &ModelArgs,
+    sequence_length: u64,
+    target_tokens: u64,
+    available: u64,
+) -> Vec<(String, u64, bool)> {
+    let mut changes: Vec<(String, Config, u64, u64)> = Vec::new();
+    let batch = u64::from(config.training.batch_size);
+    if config.model.quantization == Quantization::None {
+        let mut changed = config.clone();
+        changed.model.quantization = Quantization::Affine(ft_config::QuantSpec {
+            bits: 4,
+            group_size: 64,
+        });
+        changes.push((
+            "model.quantization = { bits = 4, group_size = 64 } (QLoRA)".into(),
+            changed,
+            sequence_length,
+            target_tokens,
+        ));
+    }
+    if !config.training.grad_checkpointing {
+        let mut changed = config.clone();
+        changed.training.grad_checkpointing = true;
+        changes.push((
+            "training.grad_checkpointing = true".into(),
+            changed,
+            sequence_length,
+            target_tokens,
+        ));
+    }
+    if sequence_length > 256 {
+        let mut changed = config.clone();
+        let shorter = sequence_length / 2;
+        changed.data.max_seq_len = u32::try_from(shorter).unwrap_or(u32::MAX);
+        changes.push((
+            format!("data.max_seq_len = {shorter}"),
+            changed,
+            shorter,
+            target_tokens / 2,
+        ));
+    }
+    if batch > 1 {
+        let mut changed = config.clone();
+        changed.training.batch_size = 1;
+        changed.training.grad_accumulation =
+            config.training.grad_accumulation * config.training.batch_size;
+        changes.push((
+            format!(
+                "training.batch_size = 1 with training.grad_accumulation = {} (same effective batch)",
+                changed.training.grad_accumulation
+            ),
+            changed,
+            sequence_length,
+            (target_tokens / batch).max(1),
+        ));
+    }
+    let layers = config.lora.num_layers.resolve(args.num_layers);
+    if layers > 8 {
+        let mut changed = config.clone();
+        changed.lora.num_layers = ft_config::LoraLayers::Last(8);
+        changes.push((
+            "lora.num_layers = 8".into(),
+            changed,
+            sequence_length,
+            target_tokens,
+        ));
+    }
+    // All of the above together, the most that can be given up.
+    if changes.len() > 1 {
+        let mut all = config.clone();
+        let (mut length, mut targets) = (sequence_length, target_tokens);
+        for (_, changed, l, t) in &changes {
+            if changed.model.quantization != config.model.quantization {
+                all.model.quantization = changed.model.quantization.clone();
+            }
+            all.training.grad_checkpointing |= changed.training.grad_checkpointing;
+            all.data.max_seq_len = all.data.max_seq_len.min(changed.data.max_seq_len);
+            all.training.batch_size = all.training.batch_size.min(changed.training.batch_size);
+            all.training.grad_accumulation = all
+                .training
+                .grad_accumulation
+                .max(changed.training.grad_accumulation);
+            if changed.lora.num_layers != config.lora.num_layers {
+                all.lora.num_layers = changed.lora.num_layers;
+            }
+            length = length.min(*l);
+            targets = targets.min(*t);
+        }
+        changes.push(("all of the above".into(), all, length, targets));
+    }
+    changes
+        .into_iter()
+        .map(|(what, changed, length, targets)| {
+            let total = estimate(&changed, args, length, targets).total;
+            (what, total, total <= available)
+        })
+        .collect()
+}
+
+/// Fails with [`TrainError::WontFit`] when `estimate`'s prediction for this
+/// configuration and data extent exceeds the available memory.
+pub fn check_fits(
+    config: &Config,
+    args: &ModelArgs,
+    sequence_length: u64,
+    target_tokens: u64,
+) -> Result<()> {
+    let Some((available, budget)) = available_memory() else {
+        return Ok(());
+    };
+    fits_within(
+        config,
+        args,
+        sequence_length,
+        target_tokens,
+        available,
+        budget,
+    )
+}
+
+/// [`check_fits`] against `available` bytes of what `budget` names.
+pub fn fits_within(
+    config: &Config,
+    args: &ModelArgs,
+    sequence_length: u64,
+    target_tokens: u64,
+    available: u64,
+    budget: &'static str,
+) -> Result<()> {
+    let predicted = estimate(config, args, sequence_length, target_tokens).total;
+    if predicted <= available {
+        return Ok(());
+    }
+    let lines: Vec<String> = suggestions(config, args, sequence_length, target_tokens, available)
+        .into_iter()
+        .map(|(what, total, fits)| {
+            format!(
+                "  {} {what}: {}",
+                if fits { "fits " } else { "still" },
+                crate::disk::human_bytes(total)
+            )
+        })
+        .collect();
+    Err(TrainError::WontFit {
+        predicted,
+        available,
+        budget,
+        suggestions: lines.join("\n"),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mistral_7b() -> ModelArgs {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../configs/models/mistral-7b-instruct-v0.3.json");
+        ModelArgs::from_config_file(&path).expect("Mistral-7B config.json")
+    }
+
+    #[test]
+    fn a_run_that_cannot_fit_is_refused_with_what_would_fit() {
+        let args = mistral_7b();
+        let mut config = Config::default();
+        config.model.dtype = ft_config::Dtype::Bfloat16;
+        config.training.batch_size = 2;
+        let (length, targets) = (2048, 2 * 2048);
+        let predicted = estimate(&config, &args, length, targets).total;
+        let available = 24_000_000_000;
+        assert!(predicted > available, "{predicted}");
+        let error = fits_within(
+            &config,
+            &args,
+            length,
+            targets,
+            available,
+            "machine's memory",
+        )
+        .expect_err("does not fit");
+        let message = error.to_string();
+        assert!(
+            message.contains("more than the 24.00 GB machine's memory"),
+            "{message}"
+        );
+        assert!(
+            message.contains("model.quantization = { bits = 4"),
+            "{message}"
+        );
+        assert!(
+            message.contains("training.grad_checkpointing = true"),
+            "{message}"
+        );
+        assert!(message.contains("data.max_seq_len = 1024"), "{message}");
+        assert!(
+            message.contains("training.batch_size = 1 with training.grad_accumulation = 2"),
+            "{message}"
+        );
+        assert!(message.contains("memory.check_fits = false"), "{message}");
+        // The combination of every change fits, and is marked so.
+        let all = message
+            .lines()
+            .find(|line| line.contains("all of the above"))
+            .expect("a combined line");
+        assert!(all.trim_start().starts_with("fits"), "{all}");
+
+        // Inside the budget: no error.
+        fits_within(
+            &config,
+            &args,
+            length,
+            targets,
+            predicted,
+            "machine's memory",
+        )
+        .expect("fits exactly");
+    }
+
+    #[test]
+    fn the_machine_has_a_memory_size() {
+        let (bytes, what) = available_memory().expect("sysconf");
+        assert!(bytes > 1 << 30, "{bytes}");
+        assert!(!what.is_empty());
+    }
 }

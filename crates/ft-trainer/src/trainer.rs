@@ -136,7 +136,8 @@ pub fn load_options(config: &ft_config::ModelConfig) -> LoadOptions {
 /// The tokenizer that belongs to a model: its `tokenizer.json` directory or
 /// its GGUF metadata.
 pub fn model_tokenizer(model: &str) -> Result<TextTokenizer> {
-    let source = ModelSource::resolve(model)?;
+    // A Hub id needs only its tokenizer files here, not the weights.
+    let source = ModelSource::resolve_without_weights(model)?;
     Ok(TextTokenizer::from_path(source.path())?)
 }
 
@@ -155,6 +156,12 @@ impl Trainer {
         }
         let tokenizer = model_tokenizer(&config.model.path)?;
         let (train_set, valid_set) = load_datasets(&config, &tokenizer)?;
+        if config.memory.check_fits {
+            // From the shapes alone: a run that cannot fit stops before loading.
+            let args = crate::memory::model_args(&config.model.path)?;
+            let (length, targets) = crate::memory::dataset_extent(&config, &train_set);
+            crate::memory::check_fits(&config, &args, length, targets)?;
+        }
         let model = ft_model::load_model(&config.model.path, &load_options(&config.model))?;
         Self::from_parts(config, model, tokenizer, train_set, valid_set)
     }
@@ -176,6 +183,8 @@ impl Trainer {
         train_set: Dataset,
         valid_set: Option<Dataset>,
     ) -> Result<Self> {
+        apply_memory_settings(&config.memory)?;
+        choose_matmul_path(config.training.grad_checkpointing);
         model.set_gradient_checkpointing(config.training.grad_checkpointing);
         let config_toml = config
             .to_toml_string()
@@ -432,8 +441,9 @@ impl Trainer {
             callbacks,
         );
         self.train_set = train_set;
-        let (stop, final_loss, last_eval) =
-            outcome.map_err(|error| self.explain_lost_rank(error))?;
+        let (stop, final_loss, last_eval) = outcome
+            .map_err(|error| self.explain_out_of_memory(error))
+            .map_err(|error| self.explain_lost_rank(error))?;
         if self.last_checkpoint_step() != Some(self.state.step) {
             self.save_checkpoint(callbacks)?;
         }
@@ -454,6 +464,25 @@ impl Trainer {
             adapter_dir,
             last_checkpoint: self.last_checkpoint.clone(),
         })
+    }
+
+    /// An MLX allocation failure becomes [`TrainError::OutOfMemory`], naming
+    /// the step and the checkpoint a resume starts from.
+    fn explain_out_of_memory(&self, error: TrainError) -> TrainError {
+        let message = match &error {
+            TrainError::Mlx(exception) => exception.what().to_string(),
+            TrainError::Model(ft_model::Error::Mlx(exception)) => exception.what().to_string(),
+            TrainError::Optim(ft_optim::OptimError::Mlx(exception)) => exception.what().to_string(),
+            _ => return error,
+        };
+        if !crate::error::is_out_of_memory_message(&message) {
+            return error;
+        }
+        TrainError::OutOfMemory {
+            step: self.state.step + 1,
+            message,
+            last_checkpoint: self.last_checkpoint.clone(),
+        }
     }
 
     fn last_checkpoint_step(&self) -> Option<u64> {
@@ -607,6 +636,10 @@ impl Trainer {
             }
             let seconds = started.elapsed().as_secs_f64();
             self.state.step += 1;
+            let clear_every = u64::from(self.config.memory.clear_cache_every);
+            if clear_every > 0 && self.state.step.is_multiple_of(clear_every) {
+                mlx_rs::memory::clear_cache()?;
+            }
             self.state.seconds += seconds;
             self.state.trained_tokens += real_tokens;
             if !skipped {
@@ -894,6 +927,44 @@ fn evaluate_shard(
         batches += 1;
     }
     Ok((total, tokens, batches))
+}
+
+/// Float32 expansion of quantized/bf16 weights (the CPU backend's fast
+/// path) keeps each expanded copy only while its product runs, and with
+/// gradient checkpointing while its layer is recomputed. Without
+/// checkpointing the backward pass would keep every layer's copy, so
+/// training then uses MLX's kernels.
+fn choose_matmul_path(grad_checkpointing: bool) {
+    use ft_model::layers::{matmul_path, set_matmul_path, MatmulPath};
+    if matmul_path() == MatmulPath::ExpandToFloat32 && !grad_checkpointing {
+        set_matmul_path(MatmulPath::Native);
+    }
+    tracing::info!(path = matmul_path().describe(), "matrix products");
+}
+
+/// Applies the `[memory]` settings to MLX and logs what is in force.
+pub fn apply_memory_settings(memory: &ft_config::MemoryConfig) -> Result<()> {
+    let bytes = |gb: f64| (gb * 1e9) as u64;
+    // Unset: wire up to the GPU's recommended working set, as mlx-lm does.
+    let wired_limit = match memory.wired_limit_gb {
+        None => ft_model::runtime::recommended_working_set(),
+        Some(0.0) => None,
+        Some(gb) => Some(bytes(gb)),
+    };
+    let settings = ft_model::runtime::MemorySettings {
+        limit: memory.limit_gb.map(bytes),
+        wired_limit,
+        cache_limit: memory.cache_limit_gb.map(bytes),
+    };
+    let applied = ft_model::runtime::apply_memory_settings(&settings)?;
+    tracing::info!(
+        memory_limit = %crate::disk::human_bytes(applied.limit),
+        wired_limit = %applied.wired_limit.map_or_else(|| "not set".to_string(), crate::disk::human_bytes),
+        cache_limit = %applied.cache_limit.map_or_else(|| "MLX default".to_string(), crate::disk::human_bytes),
+        clear_cache_every = memory.clear_cache_every,
+        "MLX memory settings"
+    );
+    Ok(())
 }
 
 /// A float32 scalar read back to the host.

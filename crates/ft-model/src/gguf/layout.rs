@@ -41,7 +41,7 @@ pub struct GgufTensorInfo {
 }
 
 /// The checked layout of a GGUF file.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct GgufLayout {
     /// Format version.
     pub version: u32,
@@ -53,6 +53,50 @@ pub struct GgufLayout {
     pub file_len: u64,
     /// Every tensor, in file order.
     pub tensors: Vec<GgufTensorInfo>,
+    /// Scalar metadata values (numbers and booleans), by key. Read here, in
+    /// Rust, so that no metadata number goes through MLX arithmetic (a cast
+    /// to float64 on the GPU stream fails on Metal).
+    pub scalars: std::collections::BTreeMap<String, GgufScalar>,
+}
+
+/// One scalar GGUF metadata value, as stored.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum GgufScalar {
+    /// Types 0-5 and 10-11: every integer type, widened.
+    Integer(i128),
+    /// Types 6 and 12: float32 and float64, widened.
+    Float(f64),
+    /// Type 7.
+    Bool(bool),
+}
+
+impl GgufScalar {
+    /// The value as a number (a boolean is 0 or 1).
+    pub fn as_f64(self) -> f64 {
+        match self {
+            Self::Integer(value) => value as f64,
+            Self::Float(value) => value,
+            Self::Bool(value) => f64::from(u8::from(value)),
+        }
+    }
+
+    fn decode(kind: u32, bytes: &[u8]) -> Option<Self> {
+        let fixed = |n: usize| bytes.get(..n);
+        Some(match kind {
+            0 => Self::Integer(i128::from(*fixed(1)?.first()?)),
+            1 => Self::Integer(i128::from(i8::from_le_bytes(fixed(1)?.try_into().ok()?))),
+            2 => Self::Integer(i128::from(u16::from_le_bytes(fixed(2)?.try_into().ok()?))),
+            3 => Self::Integer(i128::from(i16::from_le_bytes(fixed(2)?.try_into().ok()?))),
+            4 => Self::Integer(i128::from(u32::from_le_bytes(fixed(4)?.try_into().ok()?))),
+            5 => Self::Integer(i128::from(i32::from_le_bytes(fixed(4)?.try_into().ok()?))),
+            6 => Self::Float(f64::from(f32::from_le_bytes(fixed(4)?.try_into().ok()?))),
+            7 => Self::Bool(*fixed(1)?.first()? != 0),
+            10 => Self::Integer(i128::from(u64::from_le_bytes(fixed(8)?.try_into().ok()?))),
+            11 => Self::Integer(i128::from(i64::from_le_bytes(fixed(8)?.try_into().ok()?))),
+            12 => Self::Float(f64::from_le_bytes(fixed(8)?.try_into().ok()?)),
+            _ => return None,
+        })
+    }
 }
 
 /// GGML tensor types MLX can load: name, weights per block, bytes per block.
@@ -229,6 +273,7 @@ pub fn read_layout(path: &Path) -> Result<GgufLayout> {
         ));
     }
 
+    let mut scalars = std::collections::BTreeMap::new();
     for index in 0..kv_count {
         let key_at = at.pos;
         let key = at.string(true, &|| format!("the name of metadata entry {index}"))?;
@@ -281,7 +326,14 @@ pub fn read_layout(path: &Path) -> Result<GgufLayout> {
                             ));
                         }
                     } else {
-                        at.skip(size, &|| described("its value"))?;
+                        at.need(size, &|| described("its value"))?;
+                        let mut value = [0_u8; 8];
+                        let slot = &mut value[..size as usize];
+                        at.reader.read_exact(slot).map_err(|source| at.io(source))?;
+                        at.pos += size;
+                        if let Some(scalar) = GgufScalar::decode(other, slot) {
+                            scalars.insert(key.clone(), scalar);
+                        }
                     }
                 }
                 None => {
@@ -388,6 +440,7 @@ pub fn read_layout(path: &Path) -> Result<GgufLayout> {
         data_start,
         file_len: len,
         tensors,
+        scalars,
     })
 }
 
