@@ -42,6 +42,7 @@ struct Options {
     rows: Vec<String>,
     native: bool,
     finish: bool,
+    layers: Option<u32>,
 }
 
 impl Options {
@@ -52,6 +53,7 @@ impl Options {
             rows: vec!["bf16".into(), "qlora".into(), "prequantized".into()],
             native: false,
             finish: true,
+            layers: None,
         };
         let mut args = args.iter();
         while let Some(flag) = args.next() {
@@ -71,9 +73,11 @@ impl Options {
                 "--rows" => options.rows = value()?.split(',').map(str::to_string).collect(),
                 "--native-baseline" => options.native = true,
                 "--no-finish" => options.finish = false,
+                "--layers" => options.layers = Some(value()?.parse().context("--layers")?),
                 other => bail!(
                     "unknown option {other}\nusage: cargo xtask check-7b [--lengths 64,128] \
-                     [--steps 2] [--rows bf16,qlora,prequantized] [--native-baseline] [--no-finish]"
+                     [--steps 2] [--rows bf16,qlora,prequantized] [--native-baseline] [--no-finish] \
+                     [--layers N]"
                 ),
             }
         }
@@ -91,6 +95,7 @@ struct Row {
     step_seconds: Vec<f64>,
     losses: Vec<f64>,
     mlx_peak: Option<u64>,
+    load_peak: Option<u64>,
     rss_peak: Option<u64>,
     estimate: Option<u64>,
     adapter_bytes: Option<u64>,
@@ -116,10 +121,27 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
         ],
     )?;
 
-    let model = out.join("model");
+    // --layers N: the same widths with N decoder layers (MLX's own kernels
+    // are too slow on the CPU for 32 layers; the per-layer ratio carries).
+    let (model, config_path) = match options.layers {
+        None => (out.join("model"), root.join(MISTRAL_CONFIG)),
+        Some(layers) => {
+            let text = fs::read_to_string(root.join(MISTRAL_CONFIG))?;
+            let mut config: Value = serde_json::from_str(&text)?;
+            config["num_hidden_layers"] = layers.into();
+            let path = out.join(format!("config-{layers}-layers.json"));
+            fs::write(&path, serde_json::to_string_pretty(&config)?)?;
+            (out.join(format!("model-{layers}-layers")), path)
+        }
+    };
+    let out = match options.layers {
+        None => out,
+        Some(layers) => out.join(format!("{layers}-layers")),
+    };
+    fs::create_dir_all(&out)?;
     let tokenizer = mistral_tokenizer(root, &model)?;
     println!("tokenizer: {tokenizer}");
-    let write_seconds = random_checkpoint(root, &model)?;
+    let write_seconds = random_checkpoint(root, &config_path, &model)?;
     let data = write_data(&out)?;
 
     let mut rows = Vec::new();
@@ -128,7 +150,11 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
         let (preset, model_path, quantized_copy) = match name.as_str() {
             "bf16" => (LORA_PRESET, model.clone(), false),
             "qlora" => (QLORA_PRESET, model.clone(), false),
-            "prequantized" => (LORA_PRESET, out.join("model-4bit"), true),
+            "prequantized" => (
+                LORA_PRESET,
+                PathBuf::from(format!("{}-4bit", model.display())),
+                true,
+            ),
             other => bail!("unknown row {other} (bf16, qlora, prequantized)"),
         };
         if quantized_copy && !model_path.join("config.json").is_file() {
@@ -241,7 +267,7 @@ fn mistral_tokenizer(root: &Path, model: &Path) -> Result<String> {
 }
 
 /// The random-weight checkpoint, written once; seconds taken when written now.
-fn random_checkpoint(root: &Path, model: &Path) -> Result<Option<f64>> {
+fn random_checkpoint(root: &Path, config: &Path, model: &Path) -> Result<Option<f64>> {
     if model.join("model.safetensors.index.json").is_file() {
         return Ok(None);
     }
@@ -249,7 +275,7 @@ fn random_checkpoint(root: &Path, model: &Path) -> Result<Option<f64>> {
     let started = Instant::now();
     shell::run(
         Command::new(root.join("target/release/examples/random_checkpoint"))
-            .arg(root.join(MISTRAL_CONFIG))
+            .arg(config)
             .arg(model)
             .args(["--shards", "3", "--dtype", "bfloat16"]),
     )?;
@@ -274,7 +300,10 @@ fn write_data(out: &Path) -> Result<PathBuf> {
         lines.push('\n');
     }
     let path = dir.join("train.jsonl");
-    fs::write(&path, lines)?;
+    fs::write(&path, &lines)?;
+    // One validation example: the end-of-run evaluation is not measured.
+    let first = lines.lines().next().unwrap_or_default();
+    fs::write(dir.join("valid.jsonl"), format!("{first}\n"))?;
     Ok(path)
 }
 
@@ -302,7 +331,11 @@ fn train_row(
     let sets = [
         format!("model.path={:?}", model.display().to_string()),
         format!("data.train={:?}", data.display().to_string()),
-        format!("data.valid={:?}", data.display().to_string()),
+        format!(
+            "data.valid={:?}",
+            data.with_file_name("valid.jsonl").display().to_string()
+        ),
+        "training.eval_batches=1".into(),
         format!("data.max_seq_len={length}"),
         "data.over_length=\"truncate\"".into(),
         "data.template=\"mistral-v3\"".into(),
@@ -349,11 +382,17 @@ fn train_row(
             .find_map(|l| l.trim().strip_prefix("Maximum resident set size (kbytes):"))
             .and_then(|v| v.trim().parse::<u64>().ok())
             .map(|kib| kib * 1024);
-        row.load_seconds = stdout
+        let loaded = stdout
             .lines()
             .find_map(|l| l.trim().strip_prefix("loaded     in "))
-            .and_then(|v| v.split_whitespace().next())
+            .unwrap_or_default();
+        row.load_seconds = loaded
+            .split_whitespace()
+            .next()
             .and_then(|v| v.parse().ok());
+        row.load_peak = loaded
+            .rsplit_once("MLX peak ")
+            .and_then(|(_, size)| parse_size(size.trim()));
         if !output.status.success() {
             let tail: Vec<&str> = stderr.lines().rev().take(25).collect();
             bail!(
@@ -377,13 +416,13 @@ fn train_row(
             row.losses.extend(record["loss"].as_f64());
             row.mlx_peak = row.mlx_peak.max(record["peak_memory_bytes"].as_u64());
         }
-        row.adapter_bytes = Some(dir_bytes(&run_dir.join("adapter")));
+        row.adapter_bytes = Some(shell::dir_bytes(&run_dir.join("adapter")));
         let checkpoints = run_dir.join("checkpoints");
         row.checkpoint_bytes = fs::read_dir(&checkpoints)
             .ok()
             .and_then(|mut entries| entries.next())
             .and_then(|entry| entry.ok())
-            .map(|entry| dir_bytes(&entry.path()));
+            .map(|entry| shell::dir_bytes(&entry.path()));
         Ok(())
     })();
     if let Err(error) = result {
@@ -392,22 +431,18 @@ fn train_row(
     row
 }
 
-fn dir_bytes(dir: &Path) -> u64 {
-    fs::read_dir(dir)
-        .map(|entries| {
-            entries
-                .flatten()
-                .map(|entry| {
-                    let path = entry.path();
-                    if path.is_dir() {
-                        dir_bytes(&path)
-                    } else {
-                        entry.metadata().map(|m| m.len()).unwrap_or(0)
-                    }
-                })
-                .sum()
-        })
-        .unwrap_or(0)
+/// `12.34 GB` (ft's human_bytes) back to bytes.
+fn parse_size(text: &str) -> Option<u64> {
+    let (number, unit) = text.split_once(' ')?;
+    let scale = match unit {
+        "B" => 1.0,
+        "kB" => 1e3,
+        "MB" => 1e6,
+        "GB" => 1e9,
+        "TB" => 1e12,
+        _ => return None,
+    };
+    Some((number.parse::<f64>().ok()? * scale) as u64)
 }
 
 fn gb(bytes: Option<u64>) -> String {
@@ -434,8 +469,8 @@ fn print_row(row: &Row) {
 
 fn table(rows: &[Row]) -> String {
     let mut text = String::from(
-        "| row | tokens | products | load s | s/step | losses | MLX peak GB | RSS peak GB | estimate GB | estimate/MLX | adapter MB | checkpoint MB |\n\
-         | --- | ---: | --- | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |\n",
+        "| row | tokens | products | load s | load MLX peak GB | s/step | losses | step MLX peak GB | process RSS peak GB | estimate GB | estimate/step peak | adapter MB | checkpoint MB |\n\
+         | --- | ---: | --- | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |\n",
     );
     for row in rows {
         if let Some(error) = &row.error {
@@ -454,11 +489,12 @@ fn table(rows: &[Row]) -> String {
         let losses: Vec<String> = row.losses.iter().map(|l| format!("{l:.4}")).collect();
         let _ = writeln!(
             text,
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             row.name,
             row.length,
             row.path,
             row.load_seconds.map_or("-".into(), |s| format!("{s:.1}")),
+            gb(row.load_peak),
             per_step(row).map_or("-".into(), |s| format!("{s:.1}")),
             losses.join(", "),
             gb(row.mlx_peak),

@@ -13,7 +13,7 @@
 //! seconds; `--model` trains another one. Everything goes under
 //! `target/crash-test/`.
 
-use crate::reference;
+use crate::{reference, shell};
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
@@ -483,7 +483,8 @@ impl Harness {
         // is 0 below, so the disk fills a few steps in).
         let (newest, _) = check_checkpoints(&self.out.join("reference"))?
             .context("the reference run left no checkpoint")?;
-        let checkpoint_bytes = dir_bytes(&self.out.join("reference/checkpoints").join(newest));
+        let checkpoint_bytes =
+            shell::dir_bytes(&self.out.join("reference/checkpoints").join(newest));
         let size_kib = (3 * checkpoint_bytes + 96 * 1024) / 1024;
         let mounted = Command::new("mount")
             .args(["-t", "tmpfs", "-o", &format!("size={size_kib}k"), "tmpfs"])
@@ -756,22 +757,6 @@ fn last_train_step(metrics: &Path) -> u64 {
         .filter_map(|record| record["step"].as_u64())
         .max()
         .unwrap_or(0)
-}
-
-fn dir_bytes(dir: &Path) -> u64 {
-    fs::read_dir(dir)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .map(|entry| {
-            let path = entry.path();
-            if path.is_dir() {
-                dir_bytes(&path)
-            } else {
-                entry.metadata().map(|m| m.len()).unwrap_or(0)
-            }
-        })
-        .sum()
 }
 
 fn copy_dir(from: &Path, to: &Path) -> Result<()> {

@@ -75,6 +75,23 @@ pub fn colocate_metallib(root: &Path, binary: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Bytes of the files under `dir`, recursively (0 when it cannot be read).
+pub fn dir_bytes(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|entry| {
+            let path = entry.path();
+            if path.is_dir() {
+                dir_bytes(&path)
+            } else {
+                entry.metadata().map(|m| m.len()).unwrap_or(0)
+            }
+        })
+        .sum()
+}
+
 /// Whether a program is on PATH.
 pub fn has_program(name: &str) -> bool {
     std::env::var_os("PATH")

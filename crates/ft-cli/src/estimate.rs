@@ -41,6 +41,11 @@ pub fn run(args: &Args) -> Result<(), Failure> {
         }
         None => data_extent(&config).map_err(train_failure)?,
     };
+    let config = if args.model_config.is_some() {
+        config
+    } else {
+        ft_trainer::memory::as_loaded(&config)
+    };
     let estimate = estimate(&config, &model, sequence_length, target_tokens);
     if args.json {
         println!("{}", serde_json::to_string(&estimate).unwrap_or_default());

@@ -166,12 +166,13 @@ pub fn run(args: &Args) -> Result<(), Failure> {
         );
     }
     println!(
-        "  loaded     in {load_seconds:.1} s (model{}, tokenizer, data, adapters)",
+        "  loaded     in {load_seconds:.1} s (model{}, tokenizer, data, adapters), MLX peak {}",
         if matches!(config.model.quantization, ft_config::Quantization::None) {
             ""
         } else {
             " quantized on load"
-        }
+        },
+        human_bytes(info.load_peak_memory_bytes)
     );
     println!("  run dir    {}", info.run_dir.display());
 

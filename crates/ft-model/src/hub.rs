@@ -31,6 +31,7 @@
 //! `$HF_TOKEN_PATH`, by default `$HF_HOME/token`), `HF_HUB_OFFLINE=1`
 //! (the cache only, no request).
 
+use crate::disk_space::{available_bytes, human_bytes};
 use crate::{Error, Result};
 use hf_hub::api::sync::{ApiBuilder, ApiError, ApiRepo};
 use hf_hub::{Cache, Repo, RepoType};
@@ -1060,55 +1061,6 @@ fn is_disk_full(error: &std::io::Error) -> bool {
         return true;
     }
     false
-}
-
-/// Free bytes on the file system holding `path` (or its nearest existing
-/// ancestor); `None` when unknown.
-fn available_bytes(path: &Path) -> Option<u64> {
-    let mut probe = path;
-    while !probe.exists() {
-        probe = probe.parent()?;
-    }
-    statvfs_available(probe)
-}
-
-#[cfg(unix)]
-fn statvfs_available(path: &Path) -> Option<u64> {
-    use std::os::unix::ffi::OsStrExt;
-    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
-    let mut stats = std::mem::MaybeUninit::<libc::statvfs>::uninit();
-    // SAFETY: `c_path` is NUL-terminated and `stats` is a valid out-pointer
-    // that statvfs fully initializes when it returns 0.
-    let status = unsafe { libc::statvfs(c_path.as_ptr(), stats.as_mut_ptr()) };
-    if status != 0 {
-        return None;
-    }
-    // SAFETY: initialized by the successful call above.
-    let stats = unsafe { stats.assume_init() };
-    // The field types differ between platforms (u32 on macOS, u64 on Linux).
-    #[allow(clippy::unnecessary_cast)]
-    let bytes = (stats.f_bavail as u64).saturating_mul(stats.f_frsize as u64);
-    Some(bytes)
-}
-
-#[cfg(not(unix))]
-fn statvfs_available(_path: &Path) -> Option<u64> {
-    None
-}
-
-fn human_bytes(bytes: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut value = bytes as f64;
-    let mut unit = 0;
-    while value >= 1024.0 && unit + 1 < UNITS.len() {
-        value /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{bytes} B")
-    } else {
-        format!("{value:.1} {}", UNITS[unit])
-    }
 }
 
 /// One progress bar per file on stderr, hidden when stderr is not a

@@ -12,6 +12,7 @@
 //! training (`ft-trainer`).
 
 pub mod config;
+pub mod disk_space;
 pub mod distributed;
 pub mod error;
 pub mod export;

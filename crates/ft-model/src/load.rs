@@ -166,11 +166,6 @@ fn builtin_names() -> String {
 
 /// Loads a model by directory, GGUF path or built-in name.
 pub fn load_model(name_or_path: &str, options: &LoadOptions) -> Result<Model> {
-    // Float32 unless asked otherwise: the fast path on CPU, exact for checks.
-    let options = &LoadOptions {
-        dtype: Some(options.dtype.unwrap_or(Dtype::Float32)),
-        ..options.clone()
-    };
     let source = ModelSource::resolve(name_or_path)?;
     let (args, tensors) = match &source {
         ModelSource::Directory(dir) => {
@@ -179,7 +174,47 @@ pub fn load_model(name_or_path: &str, options: &LoadOptions) -> Result<Model> {
         }
         ModelSource::Gguf(path) => read_gguf(path)?,
     };
+    let options = &LoadOptions {
+        dtype: Some(options.dtype.unwrap_or_else(|| default_dtype(&tensors))),
+        ..options.clone()
+    };
     assemble(args, tensors, source.path(), options)
+}
+
+/// The dtype dense weights get when none is asked for: float32 (the fast
+/// path on the CPU, exact for checks) when the model's float32 weights take
+/// at most half of the machine's memory, else bfloat16, so that a 7B model
+/// (29 GB in float32) still loads for generation and fusing on a 24 GB
+/// machine.
+fn default_dtype(tensors: &HashMap<String, Array>) -> Dtype {
+    let values: u64 = tensors
+        .iter()
+        .filter(|(name, _)| !name.ends_with(".scales") && !name.ends_with(".biases"))
+        .map(|(_, array)| {
+            let packed = match array.dtype() {
+                Dtype::Uint32 => 8,
+                _ => 1,
+            };
+            array.size() as u64 * packed
+        })
+        .sum();
+    // SAFETY: sysconf has no preconditions.
+    let (pages, page_size) = unsafe {
+        (
+            libc::sysconf(libc::_SC_PHYS_PAGES),
+            libc::sysconf(libc::_SC_PAGESIZE),
+        )
+    };
+    let memory = (pages.max(0) as u64).saturating_mul(page_size.max(0) as u64);
+    if memory == 0 || values.saturating_mul(4) <= memory / 2 {
+        Dtype::Float32
+    } else {
+        tracing::info!(
+            parameters = values,
+            "float32 weights would take more than half of the memory: loading as bfloat16"
+        );
+        Dtype::Bfloat16
+    }
 }
 
 /// All tensors of a directory: `model.safetensors.index.json` shards, or

@@ -29,6 +29,35 @@ pub fn model_args(model: &str) -> Result<ModelArgs> {
     }
 }
 
+/// `config` with the quantization the model will have once loaded: a
+/// directory already quantized in MLX's layout (`quantization` in its
+/// config.json) stays quantized when `model.quantization` is `"none"`.
+pub fn as_loaded(config: &Config) -> Config {
+    let mut loaded = config.clone();
+    if config.model.quantization != Quantization::None {
+        return loaded;
+    }
+    let Ok(ft_model::ModelSource::Directory(dir)) =
+        ft_model::ModelSource::resolve_without_weights(&config.model.path)
+    else {
+        return loaded;
+    };
+    let stored = std::fs::read_to_string(dir.join("config.json"))
+        .ok()
+        .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok());
+    let spec = stored.as_ref().and_then(|json| {
+        let quantization = json.get("quantization")?;
+        Some(ft_config::QuantSpec {
+            bits: u8::try_from(quantization.get("bits")?.as_u64()?).ok()?,
+            group_size: u32::try_from(quantization.get("group_size")?.as_u64()?).ok()?,
+        })
+    });
+    if let Some(spec) = spec {
+        loaded.model.quantization = Quantization::Affine(spec);
+    }
+    loaded
+}
+
 fn gguf_args(path: &Path) -> Result<ModelArgs> {
     let bad = |message: String| TrainError::Config(format!("{}: {message}", path.display()));
     let meta = ft_data::GgufMetadata::read_file(path)?;
@@ -505,6 +534,40 @@ mod tests {
             "machine's memory",
         )
         .expect("fits exactly");
+    }
+
+    #[test]
+    fn an_mlx_quantized_checkpoint_is_estimated_quantized() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut config = Config::default();
+        config.model.path = dir.path().display().to_string();
+        std::fs::write(
+            dir.path().join("config.json"),
+            r#"{"model_type": "mistral"}"#,
+        )
+        .expect("write");
+        assert_eq!(as_loaded(&config).model.quantization, Quantization::None);
+        std::fs::write(
+            dir.path().join("config.json"),
+            r#"{"model_type": "mistral", "quantization": {"group_size": 64, "bits": 4}}"#,
+        )
+        .expect("write");
+        assert_eq!(
+            as_loaded(&config).model.quantization,
+            Quantization::Affine(ft_config::QuantSpec {
+                bits: 4,
+                group_size: 64
+            })
+        );
+        // An explicit setting wins.
+        config.model.quantization = Quantization::Affine(ft_config::QuantSpec {
+            bits: 8,
+            group_size: 32,
+        });
+        assert_eq!(
+            as_loaded(&config).model.quantization,
+            config.model.quantization
+        );
     }
 
     #[test]

@@ -44,6 +44,9 @@ pub struct RunInfo {
     pub start_step: u64,
     /// The run directory.
     pub run_dir: PathBuf,
+    /// MLX's peak memory while the run was assembled (loading, quantizing
+    /// on load); the steps' peaks in `metrics.jsonl` start after it.
+    pub load_peak_memory_bytes: u64,
 }
 
 /// How a run ended.
@@ -104,6 +107,8 @@ pub struct Trainer {
     eval_workers: Workers,
     /// The data-parallel group (one process unless [`Trainer::distribute`]d).
     group: Group,
+    /// MLX's peak memory when the run was assembled.
+    load_peak_memory_bytes: u64,
 }
 
 /// The final adapter of a run directory.
@@ -112,7 +117,10 @@ pub fn final_adapter_dir(run_dir: &Path) -> PathBuf {
 }
 
 /// How the configured base model is loaded: dense in `model.dtype`, or
-/// quantized on load for QLoRA (an already quantized checkpoint stays as it is).
+/// quantized on load for QLoRA. A checkpoint already quantized in MLX's
+/// layout (mlx-community's 4-bit models, `ft convert --quantize`) is trained
+/// as stored, as mlx-lm does; a GGUF file's quantized tensors (a storage
+/// format) are widened to `model.dtype` unless `model.quantization` is set.
 pub fn load_options(config: &ft_config::ModelConfig) -> LoadOptions {
     let dtype = match config.dtype {
         ft_config::Dtype::Float32 => Dtype::Float32,
@@ -122,7 +130,10 @@ pub fn load_options(config: &ft_config::ModelConfig) -> LoadOptions {
     match &config.quantization {
         Quantization::None => LoadOptions {
             dtype: Some(dtype),
-            dequantize: true,
+            dequantize: matches!(
+                ModelSource::resolve_without_weights(&config.path),
+                Ok(ModelSource::Gguf(_))
+            ),
             quantize: None,
         },
         Quantization::Affine(spec) => LoadOptions {
@@ -160,7 +171,8 @@ impl Trainer {
             // From the shapes alone: a run that cannot fit stops before loading.
             let args = crate::memory::model_args(&config.model.path)?;
             let (length, targets) = crate::memory::dataset_extent(&config, &train_set);
-            crate::memory::check_fits(&config, &args, length, targets)?;
+            let as_loaded = crate::memory::as_loaded(&config);
+            crate::memory::check_fits(&as_loaded, &args, length, targets)?;
         }
         let model = ft_model::load_model(&config.model.path, &load_options(&config.model))?;
         Self::from_parts(config, model, tokenizer, train_set, valid_set)
@@ -230,6 +242,7 @@ impl Trainer {
             last_checkpoint,
             eval_workers,
             group: Group::single(),
+            load_peak_memory_bytes: mlx_rs::memory::peak_memory().unwrap_or(0) as u64,
         })
     }
 
@@ -335,6 +348,7 @@ impl Trainer {
             total_steps: self.schedule.total_steps,
             start_step: self.state.step,
             run_dir: self.run_dir.clone(),
+            load_peak_memory_bytes: self.load_peak_memory_bytes,
         }
     }
 
@@ -411,6 +425,9 @@ impl Trainer {
     /// Runs the loop to the end (or until early stopping or a callback's
     /// [`Control::Stop`]); writes checkpoints, metrics and the final adapter.
     pub fn train(&mut self, callbacks: &mut dyn Callbacks) -> Result<TrainSummary> {
+        // Steps report their own peak, not the loading's (quantize on load
+        // holds a shard in both forms for a moment).
+        mlx_rs::memory::reset_peak_memory()?;
         let mut metrics = if self.writes_files() {
             std::fs::create_dir_all(&self.run_dir).map_err(io_error(&self.run_dir))?;
             let config_path = self.run_dir.join("config.toml");
