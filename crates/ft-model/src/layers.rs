@@ -32,6 +32,41 @@ impl MatmulPath {
     }
 }
 
+/// `inputs` as MLX arrays that are computed only after `dependency`.
+fn depends(inputs: &[&Array], dependency: &Array) -> Result<Vec<Array>> {
+    let raw_inputs: Vec<mlx_sys::mlx_array> = inputs.iter().map(|a| a.as_ptr()).collect();
+    let raw_dependency = [dependency.as_ptr()];
+    // SAFETY: the vectors copy the array handles (reference counted by
+    // MLX); each vector is freed once, results are owned by new Arrays.
+    unsafe {
+        let input_vector =
+            mlx_sys::mlx_vector_array_new_data(raw_inputs.as_ptr(), raw_inputs.len());
+        let dependency_vector = mlx_sys::mlx_vector_array_new_data(raw_dependency.as_ptr(), 1);
+        let mut result = mlx_sys::mlx_vector_array_new();
+        let status = mlx_sys::mlx_depends(&mut result, input_vector, dependency_vector);
+        mlx_sys::mlx_vector_array_free(input_vector);
+        mlx_sys::mlx_vector_array_free(dependency_vector);
+        if status != 0 {
+            mlx_sys::mlx_vector_array_free(result);
+            return Err(crate::Error::InvalidRequest("mlx_depends failed".into()));
+        }
+        let mut arrays = Vec::with_capacity(inputs.len());
+        for index in 0..mlx_sys::mlx_vector_array_size(result) {
+            let mut array = mlx_sys::mlx_array_new();
+            if mlx_sys::mlx_vector_array_get(&mut array, result, index) != 0 {
+                mlx_sys::mlx_array_free(array);
+                mlx_sys::mlx_vector_array_free(result);
+                return Err(crate::Error::InvalidRequest(
+                    "mlx_depends: no result".into(),
+                ));
+            }
+            arrays.push(Array::from_ptr(array));
+        }
+        mlx_sys::mlx_vector_array_free(result);
+        Ok(arrays)
+    }
+}
+
 /// The fewest rows of `x` for which [`MatmulPath::ExpandToFloat32`] widens
 /// the weight: below it, widening costs more than the product saves.
 pub const MIN_EXPANDED_ROWS: i32 = 16;
@@ -178,7 +213,10 @@ impl Weight {
             && self.expands()
             && matmul_path() == MatmulPath::ExpandToFloat32
         {
-            let wide = self.dense(Dtype::Float32)?;
+            // Widen only once `x` exists: otherwise MLX may schedule every
+            // layer's widening (which depends on constants alone) early and
+            // hold many float32 copies at once.
+            let wide = self.after(x)?.dense(Dtype::Float32)?;
             let product = x.as_dtype(Dtype::Float32)?.matmul(wide.t())?;
             // The dtype MLX's own product would have given.
             let out_dtype = match self {
@@ -192,6 +230,30 @@ impl Weight {
             });
         }
         self.apply_native(x)
+    }
+
+    /// The same weight, whose arrays MLX computes only after `dependency`
+    /// (`mlx::core::depends`; gradients pass through unchanged).
+    fn after(&self, dependency: &Array) -> Result<Self> {
+        let parts: Vec<&Array> = self.named_parts().into_iter().map(|(_, a)| a).collect();
+        let mut ordered = depends(&parts, dependency)?.into_iter();
+        let mut next = || {
+            ordered.next().ok_or_else(|| {
+                crate::Error::InvalidRequest("mlx_depends returned fewer arrays".into())
+            })
+        };
+        Ok(match self {
+            Self::Dense(_) => Self::Dense(next()?),
+            Self::Quantized {
+                group_size, bits, ..
+            } => Self::Quantized {
+                weight: next()?,
+                scales: next()?,
+                biases: next()?,
+                group_size: *group_size,
+                bits: *bits,
+            },
+        })
     }
 
     /// `x @ W^T` with MLX's kernels for the stored form.
