@@ -1,7 +1,7 @@
 //! `ft fuse` (adapter merged into the base weights, saved as a model) and
 //! `ft export` (an adapter rewritten in mlx-lm or PEFT format).
 
-use crate::common::{data_failure, load_with_adapter, lora_failure, model_failure};
+use crate::common::{data_failure, human_bytes, load_with_adapter, lora_failure, model_failure};
 use crate::Failure;
 use anyhow::anyhow;
 use ft_data::GgufValue;
@@ -207,7 +207,21 @@ pub fn run_fuse(args: &FuseArgs) -> Result<(), Failure> {
         args.model,
         out.display()
     );
-    if !args.no_verify {
+    // The check holds the base and the reloaded fused model at once: a 7B
+    // model in bf16 (2 x 14.5 GB) does not fit a 24 GB machine twice over.
+    let model_bytes = loaded.model.parameters().saturating_mul(2);
+    let room = ft_trainer::memory::physical_memory().unwrap_or(u64::MAX);
+    let fits_twice = model_bytes.saturating_mul(2) <= room / 10 * 9;
+    if !args.no_verify && !fits_twice {
+        println!(
+            "not verified: the base and the reloaded fused model ({} each) do not both fit in \
+             this machine's {}; check the fused model with `ft generate --model {}`",
+            human_bytes(model_bytes),
+            human_bytes(room),
+            out.display()
+        );
+    }
+    if !args.no_verify && fits_twice {
         let diff = verify_fused(&loaded, adapters, &out)?;
         // Re-quantizing a quantized base moves weights by up to half a step.
         let tolerance = if dequantize { dtype.tolerance() } else { 0.5 };
