@@ -377,11 +377,7 @@ fn train_row(
         let stderr = String::from_utf8_lossy(&output.stderr);
         fs::create_dir_all(&run_dir)?;
         fs::write(run_dir.join("train.log"), format!("{stdout}\n{stderr}"))?;
-        row.rss_peak = stderr
-            .lines()
-            .find_map(|l| l.trim().strip_prefix("Maximum resident set size (kbytes):"))
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .map(|kib| kib * 1024);
+        row.rss_peak = max_rss(&stderr);
         let loaded = stdout
             .lines()
             .find_map(|l| l.trim().strip_prefix("loaded     in "))
@@ -394,11 +390,10 @@ fn train_row(
             .rsplit_once("MLX peak ")
             .and_then(|(_, size)| parse_size(size.trim()));
         if !output.status.success() {
-            let tail: Vec<&str> = stderr.lines().rev().take(25).collect();
             bail!(
                 "ft train failed ({}): {}",
                 output.status,
-                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                own_tail(&stderr, 25).join("\n")
             );
         }
         let metrics = fs::read_to_string(run_dir.join("metrics.jsonl"))?;
@@ -429,6 +424,26 @@ fn train_row(
         row.error = Some(format!("{error:#}"));
     }
     row
+}
+
+/// The peak RSS `/usr/bin/time -v` reported in `stderr`, in bytes.
+fn max_rss(stderr: &str) -> Option<u64> {
+    stderr
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Maximum resident set size (kbytes):"))
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(|kib| kib * 1024)
+}
+
+/// The last `lines` lines the command itself wrote to `stderr`, before
+/// `/usr/bin/time -v`'s report.
+fn own_tail(stderr: &str, lines: usize) -> Vec<&str> {
+    let own = stderr
+        .split_once("\tCommand being timed:")
+        .map_or(stderr, |(before, _)| before);
+    let mut tail: Vec<&str> = own.lines().rev().take(lines).collect();
+    tail.reverse();
+    tail
 }
 
 /// `12.34 GB` (ft's human_bytes) back to bytes.
@@ -520,19 +535,14 @@ fn finish(ft: &Path, out: &Path, model: &Path, run_dir: &Path, row: &Row) -> Res
             .args(command.get_args())
             .output()?;
         let stderr = String::from_utf8_lossy(&output.stderr);
-        let rss = stderr
-            .lines()
-            .find_map(|l| l.trim().strip_prefix("Maximum resident set size (kbytes):"))
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .map(|kib| kib * 1024);
+        let rss = max_rss(&stderr);
         let seconds = started.elapsed().as_secs_f64();
         let stdout = String::from_utf8_lossy(&output.stdout);
         if !output.status.success() {
-            let tail: Vec<&str> = stderr.lines().rev().take(15).collect();
             return Ok(format!(
                 "- {what}: FAILED ({}) after {seconds:.0} s: {}",
                 output.status,
-                tail.into_iter().rev().collect::<Vec<_>>().join(" / ")
+                own_tail(&stderr, 15).join(" / ")
             ));
         }
         Ok(format!(
@@ -600,4 +610,21 @@ fn finish(ft: &Path, out: &Path, model: &Path, run_dir: &Path, row: &Row) -> Res
     )?);
     lines.push('\n');
     Ok(lines)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn time_v_reports_are_read_and_kept_apart_from_the_commands_own_output() {
+        let stderr =
+            "loading...\nerror: out of memory at step 3\n\tCommand being timed: \"ft train\"\n\
+                      \tMaximum resident set size (kbytes): 15246312\n\tExit status: 1\n";
+        assert_eq!(max_rss(stderr), Some(15_246_312 * 1024));
+        assert_eq!(own_tail(stderr, 1), ["error: out of memory at step 3"]);
+        assert_eq!(own_tail(stderr, 5).len(), 2);
+        assert_eq!(max_rss("no report"), None);
+        assert_eq!(parse_size("14.50 GB"), Some(14_500_000_000));
+    }
 }

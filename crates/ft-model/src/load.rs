@@ -198,14 +198,7 @@ fn default_dtype(tensors: &HashMap<String, Array>) -> Dtype {
             array.size() as u64 * packed
         })
         .sum();
-    // SAFETY: sysconf has no preconditions.
-    let (pages, page_size) = unsafe {
-        (
-            libc::sysconf(libc::_SC_PHYS_PAGES),
-            libc::sysconf(libc::_SC_PAGESIZE),
-        )
-    };
-    let memory = (pages.max(0) as u64).saturating_mul(page_size.max(0) as u64);
+    let memory = crate::runtime::physical_memory().unwrap_or(0);
     if memory == 0 || values.saturating_mul(4) <= memory / 2 {
         Dtype::Float32
     } else {

@@ -10,6 +10,18 @@ use std::ffi::{c_char, CStr, CString};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+/// Physical memory of the machine in bytes (`sysconf`, Linux and macOS).
+pub fn physical_memory() -> Option<u64> {
+    // SAFETY: sysconf has no preconditions.
+    let (pages, page_size) = unsafe {
+        (
+            libc::sysconf(libc::_SC_PHYS_PAGES),
+            libc::sysconf(libc::_SC_PAGESIZE),
+        )
+    };
+    (pages > 0 && page_size > 0).then(|| pages as u64 * page_size as u64)
+}
+
 /// The MLX version libmlx reports, e.g. `0.32.2`.
 pub fn mlx_version() -> String {
     // SAFETY: mlx_version writes an owned mlx_string that we read and free.

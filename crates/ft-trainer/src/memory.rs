@@ -302,17 +302,7 @@ pub fn available_memory() -> Option<(u64, &'static str)> {
     physical_memory().map(|bytes| (bytes, "machine's memory"))
 }
 
-/// Physical memory of the machine in bytes (`sysconf`, Linux and macOS).
-pub fn physical_memory() -> Option<u64> {
-    // SAFETY: sysconf has no preconditions.
-    let (pages, page_size) = unsafe {
-        (
-            libc::sysconf(libc::_SC_PHYS_PAGES),
-            libc::sysconf(libc::_SC_PAGESIZE),
-        )
-    };
-    (pages > 0 && page_size > 0).then(|| pages as u64 * page_size as u64)
-}
+pub use ft_model::runtime::physical_memory;
 
 /// Changes that lower the peak, each estimated, in the order a user would
 /// try them; the ones that fit `available` are marked.
