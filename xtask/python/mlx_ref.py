@@ -8,6 +8,11 @@ Subcommands (each prints JSON on stdout):
   encode MODEL_DIR          the chat prompt of `cargo xtask bench generate`, as ids
   generate MODEL_DIR IDS    greedy mlx_lm.stream_generate timings on the given ids
                             (one JSON line per run)
+  adapters MODEL_DIR DATA_DIR OUT_DIR
+                            trains three adapters with `mlx_lm lora` (LoRA with
+                            mlx_lm's default targets, DoRA, LoRA on a base that
+                            `mlx_lm convert -q` quantized) and writes each with
+                            mlx_lm's logits under it (the ft-lora fixture)
   lora CONFIG_YAML          `mlx_lm lora --config CONFIG_YAML` as is, plus one
                             "MLX_REF_TRAIN {json}" / "MLX_REF_VAL {json}" line
                             per report of its trainer
@@ -19,6 +24,7 @@ import sys
 import time
 
 import mlx.core as mx
+import mlx.utils
 
 # Logits slices kept per position: the first HEAD vocabulary entries, STRIDED
 # entries spread over the whole vocabulary, and the TOP_K largest.
@@ -250,6 +256,106 @@ def cmd_lora(args):
     lora.main()
 
 
+# The adapter fixtures: (name, extra `mlx_lm lora` options, quantized base).
+# Everything else is mlx_lm's default (rank 8, scale 20, 16 layers, no
+# `keys`: every linear layer of a block); a short run at a learning rate high
+# enough that the adapter moves the logits far more than the tolerance.
+ADAPTER_VARIANTS = [
+    ("lora", [], False),
+    ("dora", ["--fine-tune-type", "dora"], False),
+    ("lora-4bit-base", [], True),
+]
+ADAPTER_TRAIN_OPTIONS = [
+    "--iters", "12", "--batch-size", "2", "--learning-rate", "2e-3",
+    "--val-batches", "1", "--steps-per-report", "4", "--steps-per-eval", "100",
+    "--seed", "7", "--max-seq-length", "256",
+]
+
+
+def fixture_logits(model, tokenizer):
+    prompts = []
+    for name, kind, content in FIXTURE_PROMPTS:
+        if kind == "text":
+            ids = [int(i) for i in tokenizer.encode(content, add_special_tokens=False)]
+        else:
+            ids = chat_ids(tokenizer, content)
+        logits = model(mx.array([ids]))[0].astype(mx.float32)
+        mx.eval(logits)
+        length = len(ids)
+        positions = sorted({0, length // 2, length - 1})
+        prompts.append(
+            {
+                "name": name,
+                "ids": ids,
+                "positions": [position_slice(logits[p], p) for p in positions],
+            }
+        )
+    return prompts
+
+
+def cmd_adapters(args):
+    import os
+    import shutil
+    import subprocess
+
+    import mlx_lm
+    from mlx_lm import load as mlx_lm_load
+
+    os.makedirs(args.out_dir, exist_ok=True)
+    quantized_dir = os.path.join(args.out_dir, "work", "base-4bit")
+    for name, options, quantized in ADAPTER_VARIANTS:
+        base = args.model_dir
+        if quantized:
+            base = quantized_dir
+            if os.path.exists(base):
+                shutil.rmtree(base)
+            subprocess.run(
+                [sys.executable, "-m", "mlx_lm", "convert", "--hf-path", args.model_dir,
+                 "--mlx-path", base, "-q"],
+                check=True,
+            )
+        work = os.path.join(args.out_dir, "work", name)
+        if os.path.exists(work):
+            shutil.rmtree(work)
+        subprocess.run(
+            [sys.executable, "-m", "mlx_lm", "lora", "--model", base, "--train",
+             "--data", args.data_dir, "--adapter-path", work]
+            + ADAPTER_TRAIN_OPTIONS + options,
+            check=True,
+        )
+        target = os.path.join(args.out_dir, name)
+        os.makedirs(target, exist_ok=True)
+        for file in ("adapters.safetensors", "adapter_config.json"):
+            shutil.copyfile(os.path.join(work, file), os.path.join(target, file))
+        model, tokenizer = mlx_lm_load(base, adapter_path=target)
+        model.eval()
+        fixture = {
+            "about": f"Logits of mlx_lm with the adapter `{name}` it trained "
+            "(`mlx_lm lora`, options in xtask/python/mlx_ref.py); written by "
+            "`cargo xtask fixtures mlx-lm-adapters`, checked by "
+            "crates/ft-lora/tests/mlx_lm_adapters.rs.",
+            "mlx_version": mx.__version__,
+            "mlx_lm_version": mlx_lm.__version__,
+            "lora_options": ADAPTER_TRAIN_OPTIONS + options,
+            "quantized_base": quantized,
+            "prompts": fixture_logits(model, tokenizer),
+        }
+        if quantized:
+            # Sums of the quantized base's arrays, to check that ft quantizes
+            # the same weights the same way.
+            weights = dict(mlx.utils.tree_flatten(model.parameters()))
+            fixture["base_checksums"] = {
+                key: float(weights[key].astype(mx.float32).sum().item())
+                for key in sorted(weights)
+                if ("layers.0." in key or "embed_tokens" in key)
+                and (key.endswith(".scales") or key.endswith(".biases"))
+            }
+        with open(os.path.join(target, "logits.json"), "w") as out:
+            json.dump(fixture, out, indent=1)
+        print(json.dumps({"variant": name, "dir": target}), flush=True)
+    shutil.rmtree(os.path.join(args.out_dir, "work"))
+
+
 def main(argv):
     parser = argparse.ArgumentParser(description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -268,6 +374,11 @@ def main(argv):
     generate.add_argument("--repeats", type=int, default=3)
     generate.add_argument("--warmup", type=int, default=1)
     generate.set_defaults(func=cmd_generate)
+    adapters = sub.add_parser("adapters")
+    adapters.add_argument("model_dir")
+    adapters.add_argument("data_dir")
+    adapters.add_argument("out_dir")
+    adapters.set_defaults(func=cmd_adapters)
     lora = sub.add_parser("lora")
     lora.add_argument("config")
     lora.set_defaults(func=cmd_lora)

@@ -10,6 +10,12 @@
 //! * `logits`: mlx_lm's logits on the fp32 export of the default model, into
 //!   `crates/ft-model/tests/fixtures/mlx_lm_logits.json`, checked by
 //!   ft-model's `mlx_lm_parity` test (see `reference.rs`).
+//! * `mlx-lm-adapters`: three adapters trained by `mlx_lm lora` itself on the
+//!   fp32 export of the default model (mlx-lm's default LoRA with no `keys`,
+//!   DoRA, and LoRA on a base quantized by `mlx_lm convert -q`), with the
+//!   logits mlx-lm computes with each, into
+//!   `crates/ft-lora/tests/fixtures/mlx_lm/`; checked by ft-lora's
+//!   `mlx_lm_adapters` test.
 
 use anyhow::{bail, Context, Result};
 use std::path::Path;
@@ -24,15 +30,43 @@ const CONVERSATIONS: &str = "crates/ft-data/tests/fixtures/chat_template_convers
 /// The fixture written (committed output).
 const CHAT_TEMPLATE_FIXTURE: &str = "crates/ft-data/tests/fixtures/chat_template_smollm2.json";
 
-const USAGE: &str = "usage: cargo xtask fixtures chat-template|logits";
+/// The adapters trained by mlx-lm (committed output).
+const ADAPTER_FIXTURES: &str = "crates/ft-lora/tests/fixtures/mlx_lm";
+
+const USAGE: &str = "usage: cargo xtask fixtures chat-template|logits|mlx-lm-adapters";
 
 /// Runs `cargo xtask fixtures ...`.
 pub fn run(root: &Path, args: &[String]) -> Result<()> {
     match args.first().map(String::as_str) {
         Some("chat-template") if args.len() == 1 => chat_template(root),
         Some("logits") if args.len() == 1 => crate::reference::logits_fixture(root),
+        Some("mlx-lm-adapters") if args.len() == 1 => mlx_lm_adapters(root),
         _ => bail!("{USAGE}"),
     }
+}
+
+fn mlx_lm_adapters(root: &Path) -> Result<()> {
+    setup::run(root, setup::Options::parse(&[])?)?;
+    let venv = python::reference_venv(root)?;
+    let ft = crate::reference::build_ft(root)?;
+    let model = crate::reference::f32_default_model(root, &ft)?;
+    let out = root.join(ADAPTER_FIXTURES);
+    shell::step(&format!(
+        "mlx_lm lora: three adapters on the demo data -> {ADAPTER_FIXTURES}"
+    ));
+    let printed = python::helper_json(
+        root,
+        &venv,
+        &[
+            "adapters",
+            crate::reference::path_str(&model)?,
+            crate::reference::path_str(&root.join("examples/data/demo"))?,
+            crate::reference::path_str(&out)?,
+        ],
+    )?;
+    println!("{}", printed.trim());
+    println!("check them with: cargo nextest run -p ft-lora --test mlx_lm_adapters");
+    Ok(())
 }
 
 fn chat_template(root: &Path) -> Result<()> {

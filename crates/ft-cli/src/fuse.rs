@@ -7,7 +7,7 @@ use anyhow::anyhow;
 use ft_data::GgufValue;
 use ft_lora::{AdapterFormat, LoraAdapters};
 use ft_model::{ExportOptions, GgufExportOptions, GgufMetadataValue};
-use mlx_rs::{Array, Dtype};
+use mlx_rs::Dtype;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -196,7 +196,7 @@ pub fn run_fuse(args: &FuseArgs) -> Result<(), Failure> {
             let options = GgufExportOptions {
                 dtype: dtype.dtype(),
                 name: Some(fused_name(&args.model)),
-                metadata: mlx_metadata(&tokenizer)?,
+                metadata: gguf_metadata(&tokenizer),
             };
             ft_model::save_gguf(&fused, &out, &options).map_err(model_failure)?;
         }
@@ -261,79 +261,39 @@ fn base_is_quantized(model: &str) -> bool {
     }
 }
 
-/// GGUF metadata as read by ft-data, in the shapes MLX's writer takes.
-/// Empty numeric lists are left out (MLX cannot write them); float64
-/// becomes float32 (MLX writes no float64).
-fn mlx_metadata(
-    kv: &BTreeMap<String, GgufValue>,
-) -> Result<BTreeMap<String, GgufMetadataValue>, Failure> {
-    let mut out = BTreeMap::new();
-    for (key, value) in kv {
-        let converted = match value {
-            GgufValue::String(text) => Some(GgufMetadataValue::String(text.clone())),
-            GgufValue::Array(items) if items.iter().all(|i| i.as_str().is_some()) => {
-                Some(GgufMetadataValue::Strings(
-                    items
-                        .iter()
-                        .filter_map(|i| i.as_str().map(str::to_string))
-                        .collect(),
-                ))
+/// GGUF metadata as read by ft-data, for ft-model's writer: the same
+/// types, value for value.
+fn gguf_metadata(kv: &BTreeMap<String, GgufValue>) -> BTreeMap<String, GgufMetadataValue> {
+    kv.iter()
+        .filter_map(|(key, value)| match gguf_value(value) {
+            Some(value) => Some((key.clone(), value)),
+            None => {
+                tracing::warn!(key = %key, "GGUF metadata value of an unknown type; left out");
+                None
             }
-            GgufValue::Array(items) => numbers(items).map(GgufMetadataValue::Array),
-            scalar => numbers(std::slice::from_ref(scalar))
-                .map(|array| array.reshape(&[]))
-                .transpose()
-                .map_err(|error| Failure::Internal(error.into()))?
-                .map(GgufMetadataValue::Array),
-        };
-        match converted {
-            Some(value) => {
-                out.insert(key.clone(), value);
-            }
-            None => tracing::warn!(key = %key, "GGUF metadata value not writable by MLX; left out"),
-        }
-    }
-    Ok(out)
+        })
+        .collect()
 }
 
-/// A 1-d MLX array of homogeneous GGUF numbers or bools (`None`: empty,
-/// mixed or nested).
-fn numbers(items: &[GgufValue]) -> Option<Array> {
-    macro_rules! collect {
-        ($variant:ident, $ty:ty) => {{
-            let values: Option<Vec<$ty>> = items
-                .iter()
-                .map(|item| match item {
-                    GgufValue::$variant(v) => Some(<$ty>::from(*v)),
-                    _ => None,
-                })
-                .collect();
-            values.map(|v| Array::from_slice(&v, &[v.len() as i32]))
-        }};
-    }
-    match items.first()? {
-        GgufValue::U8(_) => collect!(U8, u8),
-        GgufValue::I8(_) => collect!(I8, i8),
-        GgufValue::U16(_) => collect!(U16, u16),
-        GgufValue::I16(_) => collect!(I16, i16),
-        GgufValue::U32(_) => collect!(U32, u32),
-        GgufValue::I32(_) => collect!(I32, i32),
-        GgufValue::U64(_) => collect!(U64, u64),
-        GgufValue::I64(_) => collect!(I64, i64),
-        GgufValue::F32(_) => collect!(F32, f32),
-        GgufValue::Bool(_) => collect!(Bool, bool),
-        GgufValue::F64(_) => {
-            let values: Option<Vec<f32>> = items
-                .iter()
-                .map(|item| match item {
-                    GgufValue::F64(v) => Some(*v as f32),
-                    _ => None,
-                })
-                .collect();
-            values.map(|v| Array::from_slice(&v, &[v.len() as i32]))
+fn gguf_value(value: &GgufValue) -> Option<GgufMetadataValue> {
+    Some(match value {
+        GgufValue::U8(v) => GgufMetadataValue::U8(*v),
+        GgufValue::I8(v) => GgufMetadataValue::I8(*v),
+        GgufValue::U16(v) => GgufMetadataValue::U16(*v),
+        GgufValue::I16(v) => GgufMetadataValue::I16(*v),
+        GgufValue::U32(v) => GgufMetadataValue::U32(*v),
+        GgufValue::I32(v) => GgufMetadataValue::I32(*v),
+        GgufValue::U64(v) => GgufMetadataValue::U64(*v),
+        GgufValue::I64(v) => GgufMetadataValue::I64(*v),
+        GgufValue::F32(v) => GgufMetadataValue::F32(*v),
+        GgufValue::F64(v) => GgufMetadataValue::F64(*v),
+        GgufValue::Bool(v) => GgufMetadataValue::Bool(*v),
+        GgufValue::String(text) => GgufMetadataValue::String(text.clone()),
+        GgufValue::Array(items) => {
+            GgufMetadataValue::Array(items.iter().map(gguf_value).collect::<Option<_>>()?)
         }
-        _ => None,
-    }
+        _ => return None,
+    })
 }
 
 /// Adapter file formats of `ft export`.

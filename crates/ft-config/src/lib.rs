@@ -45,6 +45,7 @@ mod loader;
 mod proptests;
 mod reference;
 mod show;
+pub mod testing;
 mod validate;
 mod values;
 

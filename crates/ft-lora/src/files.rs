@@ -175,15 +175,15 @@ impl LoraAdapters {
                 ),
             ));
         }
+        let weights_path = dir.join(format.weights_file());
+        // MLX trusts the header's shapes and offsets: check them first.
+        let header = ft_model::load::check_safetensors(&weights_path)?;
         let (spec, base_model) = match format {
-            AdapterFormat::Mlx => mlx_spec(&config, args),
+            AdapterFormat::Mlx => mlx_spec(&config, args, &header),
             AdapterFormat::Peft => peft_spec(&config, args),
         }
         .map_err(|message| bad(&config_path, message))?;
         let layout = LoraLayout::new(spec, args).map_err(|e| bad(&config_path, e.to_string()))?;
-        let weights_path = dir.join(format.weights_file());
-        // MLX trusts the header's shapes and offsets: check them first.
-        ft_model::load::check_safetensors(&weights_path)?;
         let mut tensors = Array::load_safetensors(&weights_path)
             .map_err(|e| bad(&weights_path, format!("cannot read the tensors: {e}")))?;
         let mut params = Vec::with_capacity(layout.num_arrays());
@@ -288,11 +288,59 @@ fn string_list<'a>(config: &'a Value, path: &str) -> std::result::Result<Vec<&'a
         .ok_or_else(|| format!("field `{path}`: expected a list of strings, got {value}"))
 }
 
-fn mlx_spec(config: &Value, args: &ModelArgs) -> SpecAndBase {
+/// The projections an mlx-lm adapter without `lora_parameters.keys` adapts:
+/// mlx-lm then wraps every linear layer of the adapted blocks, so the
+/// targets are the modules that have `lora_a` tensors.
+fn targets_from_tensors(
+    header: &ft_model::load::SafetensorsHeader,
+) -> std::result::Result<Vec<Projection>, String> {
+    let mut found = Vec::new();
+    for name in header.tensors.keys() {
+        let Some(module) = name.strip_suffix(".lora_a") else {
+            continue;
+        };
+        let short = module.rsplit('.').next().unwrap_or(module);
+        let projection = Projection::from_name(short).ok_or_else(|| {
+            format!(
+                "field `lora_parameters.keys` is absent, and the tensor `{name}` adapts \
+                 `{short}`, which is not a projection of a Llama/Mistral layer"
+            )
+        })?;
+        if !found.contains(&projection) {
+            found.push(projection);
+        }
+    }
+    if found.is_empty() {
+        return Err(
+            "field `lora_parameters.keys` is absent, and the weights hold no \
+                    `*.lora_a` tensor to infer the adapted projections from"
+                .into(),
+        );
+    }
+    // Checkpoint order, as a `keys` list would give them.
+    Ok(Projection::ALL
+        .into_iter()
+        .filter(|p| found.contains(p))
+        .collect())
+}
+
+fn mlx_spec(
+    config: &Value,
+    args: &ModelArgs,
+    header: &ft_model::load::SafetensorsHeader,
+) -> SpecAndBase {
     let rank = positive_integer(config, "lora_parameters.rank")?;
     let scale = number(config, "lora_parameters.scale")?;
     let dropout = number(config, "lora_parameters.dropout").unwrap_or(0.0);
-    let keys = string_list(config, "lora_parameters.keys")?;
+    // mlx-lm writes no `keys` by default (or `null`) and then adapts every
+    // linear layer of a block; the tensors say which those are.
+    let targets = match config.pointer("/lora_parameters/keys") {
+        None | Some(Value::Null) => targets_from_tensors(header)?,
+        Some(_) => projections(
+            &string_list(config, "lora_parameters.keys")?,
+            "lora_parameters.keys",
+        )?,
+    };
     let total = args.num_layers;
     let num_layers = field(config, "num_layers")?;
     let num_layers = num_layers
@@ -325,7 +373,7 @@ fn mlx_spec(config: &Value, args: &ModelArgs) -> SpecAndBase {
         rank,
         alpha: scale * rank as f64,
         dropout,
-        targets: projections(&keys, "lora_parameters.keys")?,
+        targets,
         layers,
         dora: fine_tune_type == "dora",
     };

@@ -167,3 +167,36 @@ fn fused_model_equals_base_plus_adapter() {
         }
     }
 }
+
+/// mlx-lm writes no `lora_parameters.keys` by default (it adapts every
+/// linear layer of a block): the targets come from the tensor names.
+#[test]
+fn an_mlx_adapter_without_keys_infers_its_targets_from_the_tensors() {
+    let model = tiny_model(5, &LoadOptions::default()).expect("model");
+    let mut partial = spec(false);
+    partial.targets = vec![Projection::Q, Projection::V, Projection::Down];
+    let mut adapters = LoraAdapters::init(&model, partial.clone(), 3).expect("init");
+    for param in adapters.params.iter_mut() {
+        *param = param.add(Array::from_f32(0.01)).expect("shift");
+    }
+    let expected = logits(&model, &adapters.view());
+    for keys in [None, Some(serde_json::Value::Null)] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        adapters
+            .save(dir.path(), AdapterFormat::Mlx, "tiny")
+            .expect("save");
+        let config_path = dir.path().join("adapter_config.json");
+        let mut config: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&config_path).expect("read"))
+                .expect("json");
+        let parameters = config["lora_parameters"].as_object_mut().expect("object");
+        match &keys {
+            None => parameters.remove("keys"),
+            Some(value) => parameters.insert("keys".into(), value.clone()),
+        };
+        std::fs::write(&config_path, config.to_string()).expect("write");
+        let loaded = LoraAdapters::load(dir.path(), &model.args).expect("load");
+        assert_eq!(loaded.adapters.layout.spec.targets, partial.targets);
+        assert_eq!(logits(&model, &loaded.adapters.view()), expected);
+    }
+}

@@ -59,6 +59,9 @@ pub struct HfConfig {
     pub eos_token_id: Option<EosIds>,
     /// MLX quantization of the checkpoint (`group_size`, `bits`, per-layer overrides).
     #[serde(default)]
+    // Absent, not null, when dense: mlx-lm takes any `quantization` key
+    // for a partly quantized model (and fails on null).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub quantization: Option<serde_json::Value>,
     /// The checkpoint's dtype name (informational).
     #[serde(default)]

@@ -233,6 +233,12 @@ mod tests {
         let out = root.path().join("out");
         save_hf_dir(&original, &out, &options).expect("export");
         assert!(out.join("model.safetensors.index.json").is_file());
+        let config: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(out.join("config.json")).expect("config"),
+        )
+        .expect("json");
+        // mlx-lm reads any `quantization` key, null included, as quantized.
+        assert!(config.get("quantization").is_none(), "{config}");
         let reloaded =
             load_model(out.to_str().expect("utf-8"), &LoadOptions::default()).expect("reload");
         assert_eq!(logits(&original), logits(&reloaded));

@@ -1,56 +1,21 @@
-//! Saving a model as one llama.cpp-compatible GGUF file through MLX's own
-//! writer (`mlx_save_gguf`): llama.cpp's tensor names, its Q/K row order,
+//! Saving a model as one llama.cpp-compatible GGUF file, streamed one
+//! tensor at a time by [`crate::gguf::writer`]: llama.cpp's tensor names, its Q/K row order,
 //! the `llama.*` hyper-parameters, float16 or float32 weights (norms always
 //! float32, as llama.cpp's converter writes them), plus whatever metadata
 //! the caller adds (the tokenizer: ft-model does not know about text).
 
+pub use crate::gguf::writer::GgufMetadataValue;
 use crate::gguf::{hf_rows_to_llama_cpp, BLOCK_TENSOR_NAMES};
 use crate::layers::Weight;
 use crate::model::{Model, Projection};
 use crate::{Error, Result};
 use mlx_rs::{Array, Dtype};
 use std::collections::BTreeMap;
-use std::ffi::CString;
 use std::path::{Path, PathBuf};
 
 /// Context length written when the model's config has none (llama.cpp
 /// requires the key; 4096 is what Llama 2 and Mistral v0.1 were trained with).
 pub const FALLBACK_CONTEXT_LENGTH: u32 = 4096;
-
-/// One GGUF metadata value, in the three shapes MLX's writer accepts.
-#[derive(Clone, Debug)]
-pub enum GgufMetadataValue {
-    /// A number or bool (a 0-d array) or a list of them (a 1-d array); the
-    /// dtype picks the GGUF type (`uint32` -> u32, `bool` -> bool, ...).
-    /// float64 is not writable: use float32.
-    Array(Array),
-    /// A string.
-    String(String),
-    /// A list of strings (a vocabulary, merges).
-    Strings(Vec<String>),
-}
-
-impl GgufMetadataValue {
-    /// A `u32` value.
-    pub fn u32(value: u32) -> Self {
-        Self::Array(Array::from_slice(&[value], &[]))
-    }
-
-    /// An `f32` value.
-    pub fn f32(value: f32) -> Self {
-        Self::Array(Array::from_f32(value))
-    }
-
-    /// A `bool` value.
-    pub fn bool(value: bool) -> Self {
-        Self::Array(Array::from_bool(value))
-    }
-
-    /// A string value.
-    pub fn string(value: impl Into<String>) -> Self {
-        Self::String(value.into())
-    }
-}
 
 /// How to write the GGUF file.
 #[derive(Clone, Debug)]
@@ -130,9 +95,9 @@ pub fn save_gguf(model: &Model, path: &Path, options: &GgufExportOptions) -> Res
             source,
         })?;
     }
-    // MLX appends `.gguf` to names without it, so the partial name keeps it.
+    // Written under a partial name and renamed: no half file under `path`.
     let partial = partial_path(path);
-    let written = write_with_mlx(&partial, &tensors, &metadata);
+    let written = crate::gguf::writer::write_gguf(&partial, tensors, &metadata);
     if let Err(error) = written {
         let _ = std::fs::remove_file(&partial);
         return Err(error);
@@ -226,7 +191,7 @@ fn model_metadata(
     let count = |key: &str, value: usize| -> Result<(String, GgufMetadataValue)> {
         let value = u32::try_from(value)
             .map_err(|_| fail(format!("`{key}` = {value} does not fit in a u32")))?;
-        Ok((key.to_string(), GgufMetadataValue::u32(value)))
+        Ok((key.to_string(), GgufMetadataValue::U32(value)))
     };
     let context = match args.max_position_embeddings {
         Some(length) => length,
@@ -259,11 +224,11 @@ fn model_metadata(
     }
     metadata.insert(
         "llama.attention.layer_norm_rms_epsilon".into(),
-        GgufMetadataValue::f32(args.rms_norm_eps),
+        GgufMetadataValue::F32(args.rms_norm_eps),
     );
     metadata.insert(
         "llama.rope.freq_base".into(),
-        GgufMetadataValue::f32(args.rope_theta),
+        GgufMetadataValue::F32(args.rope_theta),
     );
     metadata.insert(
         "general.architecture".into(),
@@ -271,133 +236,9 @@ fn model_metadata(
     );
     metadata.insert(
         "general.file_type".into(),
-        GgufMetadataValue::u32(file_type),
+        GgufMetadataValue::U32(file_type),
     );
     Ok(metadata)
-}
-
-/// Frees an `mlx_io_gguf` handle when dropped.
-struct GgufHandle(mlx_sys::mlx_io_gguf);
-
-impl Drop for GgufHandle {
-    fn drop(&mut self) {
-        // SAFETY: the handle came from mlx_io_gguf_new and is freed once.
-        unsafe {
-            mlx_sys::mlx_io_gguf_free(self.0);
-        }
-    }
-}
-
-/// Hands tensors and metadata to MLX and writes `path`.
-fn write_with_mlx(
-    path: &Path,
-    tensors: &[(String, Array)],
-    metadata: &BTreeMap<String, GgufMetadataValue>,
-) -> Result<()> {
-    let fail = |message: String| Error::Export {
-        path: path.to_path_buf(),
-        message,
-    };
-    let c_string = |what: &str, text: &str| {
-        CString::new(text).map_err(|_| fail(format!("{what} contains a NUL byte: {text:?}")))
-    };
-    // Make sure mlx-rs's error handler (which records instead of exiting) is installed.
-    mlx_rs::ops::zeros::<f32>(&[1])?.eval()?;
-    for (key, value) in metadata {
-        if let GgufMetadataValue::Array(array) = value {
-            check_metadata_array(key, array).map_err(&fail)?;
-        }
-    }
-    let c_path = c_string("the path", &path.to_string_lossy())?;
-    // SAFETY: FFI over a handle we own (freed by GgufHandle); every pointer
-    // passed is valid for the call; statuses are checked.
-    unsafe {
-        let handle = GgufHandle(mlx_sys::mlx_io_gguf_new());
-        for (name, array) in tensors {
-            array.eval()?;
-            let c_name = c_string("a tensor name", name)?;
-            if mlx_sys::mlx_io_gguf_set_array(handle.0, c_name.as_ptr(), array.as_ptr()) != 0 {
-                return Err(fail(format!("MLX refused tensor {name}")));
-            }
-        }
-        for (key, value) in metadata {
-            let c_key = c_string("a metadata key", key)?;
-            let status = match value {
-                GgufMetadataValue::Array(array) => {
-                    array.eval()?;
-                    mlx_sys::mlx_io_gguf_set_metadata_array(
-                        handle.0,
-                        c_key.as_ptr(),
-                        array.as_ptr(),
-                    )
-                }
-                GgufMetadataValue::String(text) => {
-                    let c_text = c_string(&format!("metadata `{key}`"), text)?;
-                    mlx_sys::mlx_io_gguf_set_metadata_string(
-                        handle.0,
-                        c_key.as_ptr(),
-                        c_text.as_ptr(),
-                    )
-                }
-                GgufMetadataValue::Strings(items) => {
-                    let vector = mlx_sys::mlx_vector_string_new();
-                    let mut status = 0;
-                    for item in items {
-                        let c_item = match c_string(&format!("an item of metadata `{key}`"), item) {
-                            Ok(c_item) => c_item,
-                            Err(error) => {
-                                mlx_sys::mlx_vector_string_free(vector);
-                                return Err(error);
-                            }
-                        };
-                        status |= mlx_sys::mlx_vector_string_append_value(vector, c_item.as_ptr());
-                    }
-                    if status == 0 {
-                        status = mlx_sys::mlx_io_gguf_set_metadata_vector_string(
-                            handle.0,
-                            c_key.as_ptr(),
-                            vector,
-                        );
-                    }
-                    mlx_sys::mlx_vector_string_free(vector);
-                    status
-                }
-            };
-            if status != 0 {
-                return Err(fail(format!("MLX refused metadata `{key}`")));
-            }
-        }
-        if mlx_sys::mlx_save_gguf(c_path.as_ptr(), handle.0) != 0 {
-            return Err(fail(
-                "MLX could not write the GGUF file (is the directory writable, the disk full?)"
-                    .into(),
-            ));
-        }
-    }
-    Ok(())
-}
-
-/// What MLX's writer would throw on, reported with the key instead.
-fn check_metadata_array(key: &str, array: &Array) -> std::result::Result<(), String> {
-    if array.ndim() > 1 {
-        return Err(format!(
-            "metadata `{key}`: only scalars and 1-d lists can be written, got shape {:?}",
-            array.shape()
-        ));
-    }
-    if array.size() == 0 {
-        return Err(format!("metadata `{key}`: MLX cannot write an empty list"));
-    }
-    if matches!(
-        array.dtype(),
-        Dtype::Float16 | Dtype::Bfloat16 | Dtype::Float64 | Dtype::Complex64
-    ) {
-        return Err(format!(
-            "metadata `{key}`: dtype {:?} cannot be written (use float32)",
-            array.dtype()
-        ));
-    }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -479,11 +320,14 @@ mod tests {
         };
         options.metadata.insert(
             "tokenizer.ggml.tokens".into(),
-            GgufMetadataValue::Strings(vec!["<s>".into(), "a b".into()]),
+            GgufMetadataValue::Array(vec![
+                GgufMetadataValue::string("<s>"),
+                GgufMetadataValue::string("a b"),
+            ]),
         );
         options.metadata.insert(
             "tokenizer.ggml.add_bos_token".into(),
-            GgufMetadataValue::bool(true),
+            GgufMetadataValue::Bool(true),
         );
         save_gguf(&model, &path, &options).expect("save");
         let file = crate::gguf::GgufFile::open(&path).expect("open");
@@ -595,15 +439,15 @@ mod tests {
         let mut clash = GgufExportOptions::default();
         clash
             .metadata
-            .insert("llama.block_count".into(), GgufMetadataValue::u32(3));
+            .insert("llama.block_count".into(), GgufMetadataValue::U32(3));
         let error = save_gguf(&dense, &path, &clash).expect_err("derived key");
         assert!(error.to_string().contains("llama.block_count"), "{error}");
-        let mut empty = GgufExportOptions::default();
-        empty.metadata.insert(
+        let mut mixed = GgufExportOptions::default();
+        mixed.metadata.insert(
             "tokenizer.ggml.scores".into(),
-            GgufMetadataValue::Array(Array::from_slice::<f32>(&[], &[0])),
+            GgufMetadataValue::Array(vec![GgufMetadataValue::F32(1.0), GgufMetadataValue::U8(1)]),
         );
-        let error = save_gguf(&dense, &path, &empty).expect_err("empty list");
+        let error = save_gguf(&dense, &path, &mixed).expect_err("mixed list");
         assert!(
             error.to_string().contains("tokenizer.ggml.scores"),
             "{error}"

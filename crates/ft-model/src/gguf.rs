@@ -3,6 +3,7 @@
 //! is queried by key.
 
 mod layout;
+pub mod writer;
 
 pub use layout::{read_layout, GgufLayout, GgufScalar, GgufTensorInfo};
 

@@ -24,6 +24,7 @@ pub mod hub;
 pub mod layers;
 pub mod load;
 pub mod model;
+pub mod parity;
 pub mod runtime;
 pub mod tiny;
 

@@ -13,13 +13,15 @@ use std::path::{Path, PathBuf};
 
 mod safetensors;
 
-pub use safetensors::json_kind;
+pub use self::safetensors::json_kind;
 
-pub use safetensors::check_safetensors;
+pub use self::safetensors::{check_safetensors, SafetensorsHeader};
+
+/// The file of the built-in default model under [`models_dir`].
+pub const DEFAULT_MODEL_FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
 
 /// Built-in models: short name and file name under the models directory.
-pub const BUILTIN_MODELS: &[(&str, &str)] =
-    &[("smollm2-135m-instruct", "SmolLM2-135M-Instruct.Q4_1.gguf")];
+pub const BUILTIN_MODELS: &[(&str, &str)] = &[("smollm2-135m-instruct", DEFAULT_MODEL_FILE)];
 
 /// The directory `cargo xtask setup` installs built-in models into:
 /// `$FT_MODELS_DIR`, else `<checkout>/.ft/models`.

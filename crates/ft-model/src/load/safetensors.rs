@@ -1,13 +1,21 @@
 //! A safetensors file checked in Rust before MLX reads it: MLX reports a
 //! damaged file with its C++ source location, or (for a shape that does not
-//! match its data) reads what it finds. Here the header is parsed and every
-//! tensor's dtype, shape and byte range are checked against the file, and a
-//! problem names the tensor and the numbers involved.
+//! match its data) reads what it finds. The header is validated by the
+//! `safetensors` crate (the format's reference implementation); when it
+//! refuses one, the tensor and the numbers involved are named here.
 
 use crate::{Error, Result};
 use serde_json::Value;
+use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::Path;
+
+/// The tensors a safetensors header declares: name to (dtype, shape).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SafetensorsHeader {
+    /// Each tensor's dtype (`F32`, `BF16`, ...) and shape, by name.
+    pub tensors: BTreeMap<String, (String, Vec<usize>)>,
+}
 
 /// The header size limit of the safetensors format (and of MLX's reader).
 const MAX_HEADER_BYTES: u64 = 100_000_000;
@@ -26,9 +34,10 @@ fn dtype_size(dtype: &str) -> Option<u64> {
 const SUPPORTED_DTYPES: &str = "F32, F16, BF16, I64, I32, I16, I8, U64, U32, U16, U8, BOOL, C64";
 
 /// Checks that the safetensors file at `path` is complete and consistent:
-/// header length and JSON, and for each tensor a known dtype, a shape, and
-/// `data_offsets` that match the shape and lie inside the file.
-pub fn check_safetensors(path: &Path) -> Result<()> {
+/// header length and JSON, and for each tensor a dtype MLX reads, a shape,
+/// and `data_offsets` that match the shape and lie inside the file. Returns
+/// the tensors the header declares.
+pub fn check_safetensors(path: &Path) -> Result<SafetensorsHeader> {
     let bad = |message: String| Error::Weights {
         path: path.to_path_buf(),
         message,
@@ -63,28 +72,80 @@ pub fn check_safetensors(path: &Path) -> Result<()> {
     }
     let mut header = vec![0_u8; header_len as usize];
     file.read_exact(&mut header).map_err(io)?;
+    let data_len = len - 8 - header_len;
+    let refusal = match serde_json::from_slice::<::safetensors::tensor::Metadata>(&header) {
+        Ok(metadata) => return accepted(&metadata, data_len).map_err(bad),
+        Err(error) => error,
+    };
+    // Refused: find what is wrong and where, or give the crate's reason.
     let header: Value = serde_json::from_slice(&header)
         .map_err(|error| bad(format!("the header is not valid JSON: {error}")))?;
+    locate_defect(&header, data_len).map_err(bad)?;
+    Err(bad(format!(
+        "the header does not follow the safetensors format: {refusal}"
+    )))
+}
+
+/// A header the format accepts, checked against what MLX reads and the
+/// bytes the file holds.
+fn accepted(
+    metadata: &::safetensors::tensor::Metadata,
+    data_len: u64,
+) -> std::result::Result<SafetensorsHeader, String> {
+    let mut tensors = BTreeMap::new();
+    for name in metadata.offset_keys() {
+        let Some(info) = metadata.info(&name) else {
+            continue;
+        };
+        let dtype = format!("{:?}", info.dtype);
+        if dtype_size(&dtype).is_none() {
+            return Err(format!(
+                "tensor `{name}`: dtype `{dtype}` is not supported (supported: {SUPPORTED_DTYPES})"
+            ));
+        }
+        if info.shape.iter().any(|&dim| dim > i32::MAX as usize) {
+            return Err(format!(
+                "tensor `{name}`: `shape`: expected a list of integers from 0 to {}, got {:?}",
+                i32::MAX,
+                info.shape
+            ));
+        }
+        let (begin, end) = info.data_offsets;
+        if end as u64 > data_len {
+            return Err(format!(
+                "truncated: tensor `{name}` has data_offsets [{begin}, {end}], but the data \
+                 section holds only {data_len} bytes (an incomplete download or copy?)"
+            ));
+        }
+        tensors.insert(name, (dtype, info.shape.clone()));
+    }
+    Ok(SafetensorsHeader { tensors })
+}
+
+/// The first defect of a header the format refused, located; `Ok` when
+/// none of these checks finds it.
+fn locate_defect(header: &Value, data_len: u64) -> std::result::Result<(), String> {
     let Value::Object(entries) = header else {
-        return Err(bad(format!(
+        return Err(format!(
             "the header is not a JSON object of tensors: got {}",
-            json_kind(&header)
-        )));
+            json_kind(header)
+        ));
     };
-    let data_len = len - 8 - header_len;
-    for (name, entry) in &entries {
+    for (name, entry) in entries {
         if name == "__metadata__" {
-            let all_strings = entry
-                .as_object()
-                .is_some_and(|map| map.values().all(Value::is_string));
+            // `null` is allowed (MLX writes it when there is no metadata).
+            let all_strings = entry.is_null()
+                || entry
+                    .as_object()
+                    .is_some_and(|map| map.values().all(Value::is_string));
             if !all_strings {
-                return Err(bad(
-                    "`__metadata__`: expected an object of string values".to_string()
-                ));
+                return Err(
+                    "`__metadata__`: expected an object of string values or null".to_string(),
+                );
             }
             continue;
         }
-        let tensor = |message: String| bad(format!("tensor `{name}`: {message}"));
+        let tensor = |message: String| format!("tensor `{name}`: {message}");
         let dtype = entry.get("dtype").and_then(Value::as_str).ok_or_else(|| {
             tensor(format!(
                 "`dtype`: expected a string, got {}",
@@ -138,10 +199,10 @@ pub fn check_safetensors(path: &Path) -> Result<()> {
             )));
         }
         if end > data_len {
-            return Err(bad(format!(
+            return Err(format!(
                 "truncated: tensor `{name}` has data_offsets [{begin}, {end}], but the data \
                  section holds only {data_len} bytes (an incomplete download or copy?)"
-            )));
+            ));
         }
     }
     Ok(())
@@ -184,7 +245,16 @@ mod tests {
     #[test]
     fn a_consistent_file_passes() {
         let (_dir, path) = file(GOOD, 24);
-        check_safetensors(&path).expect("valid");
+        let header = check_safetensors(&path).expect("valid");
+        assert_eq!(header.tensors.len(), 1);
+    }
+
+    #[test]
+    fn null_metadata_as_mlx_writes_it_is_accepted() {
+        let header = GOOD.replace(r#"{"format":"pt"}"#, "null");
+        let (_dir, path) = file(&header, 24);
+        let tensors = check_safetensors(&path).expect("valid").tensors;
+        assert_eq!(tensors["a"], ("F32".to_string(), vec![2, 3]));
     }
 
     #[test]
@@ -195,6 +265,11 @@ mod tests {
             (GOOD.replace("[2,3]", "[2,-3]"), 24, "`shape`"),
             (GOOD.replace("[2,3]", "[2,4]"), 24, "needs 32 bytes"),
             (GOOD.replace("[0,24]", "[24,0]"), 24, "`data_offsets`"),
+            (
+                GOOD.replace("[0,24]", "[8,32]"),
+                32,
+                "does not follow the safetensors format",
+            ),
             ("[1,2]".to_string(), 0, "not a JSON object"),
             (GOOD[..40].to_string(), 0, "not valid JSON"),
         ];
@@ -258,7 +333,7 @@ mod tests {
             |bytes| {
                 std::fs::write(&path, &bytes).map_err(|e| TestCaseError::fail(e.to_string()))?;
                 match check_safetensors(&path) {
-                    Ok(()) => {
+                    Ok(_) => {
                         if let Ok(arrays) = mlx_rs::Array::load_safetensors(&path) {
                             for array in arrays.values() {
                                 let _ = array.eval();
@@ -272,7 +347,8 @@ mod tests {
                                 || message.contains("not a safetensors file")
                                 || message.contains("header")
                                 || message.contains("tensor `")
-                                || message.contains("__metadata__"),
+                                || message.contains("__metadata__")
+                                || message.contains("safetensors format"),
                             "unlocated: {}",
                             message
                         );
