@@ -68,9 +68,11 @@ pub fn run(args: &Args) -> Result<(), Failure> {
         ("activations", estimate.activations),
         ("logits (targets only)", estimate.logits),
         ("float32 expansion", estimate.expanded_weights),
+        ("quantized recompute", estimate.quantized_recompute),
     ];
+    let optional = ["float32 expansion", "quantized recompute"];
     for (name, bytes) in rows {
-        if bytes == 0 && name == "float32 expansion" {
+        if bytes == 0 && optional.contains(&name) {
             continue;
         }
         println!("  {name:<22} {:>10}", human_bytes(bytes));

@@ -14,17 +14,12 @@ use common::ft;
 
 const MODEL: &str = "smollm2-135m-instruct";
 
+/// The default model's GGUF, or `None` when it is absent (a failure under
+/// CI, else a recorded skip).
 fn default_gguf() -> Option<PathBuf> {
-    let path = ft_model::load::models_dir().join("SmolLM2-135M-Instruct.Q4_1.gguf");
-    if path.is_file() {
-        Some(path)
-    } else {
-        println!(
-            "skipped: {} is absent (run `cargo xtask setup`)",
-            path.display()
-        );
-        None
-    }
+    let dir = ft_model::load::models_dir();
+    ft_config::testing::default_model_present(&dir)
+        .then(|| dir.join("SmolLM2-135M-Instruct.Q4_1.gguf"))
 }
 
 fn convert(args: &[&str]) {

@@ -23,14 +23,10 @@ struct Setup {
 }
 
 impl Setup {
-    /// `None` (with the reason printed) when the default model is absent.
+    /// `None` when the default model is absent (a failure under CI, else a
+    /// recorded skip).
     fn new() -> Option<Self> {
-        let gguf = ft_model::load::models_dir().join("SmolLM2-135M-Instruct.Q4_1.gguf");
-        if !gguf.is_file() {
-            println!(
-                "skipped: {} is absent (run `cargo xtask setup`)",
-                gguf.display()
-            );
+        if !ft_config::testing::default_model_present(&ft_model::load::models_dir()) {
             return None;
         }
         let dir = tempfile::tempdir().expect("tempdir");
@@ -292,15 +288,53 @@ fn killed_and_signalled_runs_resume_to_the_uninterrupted_adapter() {
     }
 }
 
-/// Unmounts on drop.
-struct Mount(PathBuf);
+/// Unmounts on drop (through `sudo -n` when the mount needed it).
+#[cfg(target_os = "linux")]
+struct Mount(PathBuf, bool);
 
+#[cfg(target_os = "linux")]
 impl Drop for Mount {
     fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.0).status();
+        let mut command = if self.1 {
+            let mut sudo = Command::new("sudo");
+            sudo.args(["-n", "umount"]);
+            sudo
+        } else {
+            Command::new("umount")
+        };
+        let _ = command.arg(&self.0).status();
     }
 }
 
+/// Mounts a tmpfs of `size_kib` at `point`: as root, else through
+/// passwordless `sudo` (CI runners); `Ok(true)` when sudo was used.
+#[cfg(target_os = "linux")]
+fn mount_tmpfs(point: &Path, size_kib: u64) -> Result<bool, String> {
+    let mut last = String::new();
+    for sudo in [false, true] {
+        let mut command = if sudo {
+            let mut sudo = Command::new("sudo");
+            sudo.args(["-n", "mount"]);
+            sudo
+        } else {
+            Command::new("mount")
+        };
+        match command
+            .args(["-t", "tmpfs", "-o", &format!("size={size_kib}k"), "tmpfs"])
+            .arg(point)
+            .stderr(Stdio::piped())
+            .output()
+        {
+            Ok(out) if out.status.success() => return Ok(sudo),
+            Ok(out) => last = String::from_utf8_lossy(&out.stderr).trim().to_string(),
+            Err(error) => last = format!("cannot run mount: {error}"),
+        }
+    }
+    Err(last)
+}
+
+// tmpfs is a Linux file system; on macOS this test does not exist (not skipped).
+#[cfg(target_os = "linux")]
 #[test]
 fn a_full_disk_stops_with_the_bytes_needed_and_the_last_checkpoint_intact() {
     let Some(setup) = Setup::new() else { return };
@@ -312,26 +346,18 @@ fn a_full_disk_stops_with_the_bytes_needed_and_the_last_checkpoint_intact() {
     let size_kib = (3 * checkpoint_bytes + 96 * 1024) / 1024;
     let mount_point = setup.run_dir("small-disk");
     std::fs::create_dir_all(&mount_point).expect("mount point");
-    let mounted = Command::new("mount")
-        .args(["-t", "tmpfs", "-o", &format!("size={size_kib}k"), "tmpfs"])
-        .arg(&mount_point)
-        .stderr(Stdio::piped())
-        .output();
-    match mounted {
-        Ok(out) if out.status.success() => {}
-        Ok(out) => {
-            println!(
-                "skipped: mounting a tmpfs is not permitted here ({})",
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-            return;
-        }
-        Err(error) => {
-            println!("skipped: cannot run mount ({error})");
-            return;
-        }
+    let mounted = mount_tmpfs(&mount_point, size_kib);
+    if !ft_config::testing::prerequisite(
+        mounted.is_ok(),
+        &format!(
+            "a small tmpfs mounted by the test ({})",
+            mounted.as_ref().err().map_or("", String::as_str)
+        ),
+        "run the tests on Linux as root or with passwordless sudo, where `mount -t tmpfs` works",
+    ) {
+        return;
     }
-    let _unmount = Mount(mount_point.clone());
+    let _unmount = Mount(mount_point.clone(), mounted.unwrap_or(false));
     let run = mount_point.join("run");
     let output = setup
         .command(&run, false)
@@ -356,6 +382,7 @@ fn a_full_disk_stops_with_the_bytes_needed_and_the_last_checkpoint_intact() {
     assert!(adapter_bytes(&copy) == adapter_bytes(&reference));
 }
 
+#[cfg(target_os = "linux")]
 fn walk(dir: &Path) -> u64 {
     std::fs::read_dir(dir)
         .expect("read dir")

@@ -25,16 +25,10 @@ fn stderr(output: &Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
 }
 
-/// True when the default model is installed; otherwise prints a skip note.
+/// True when the default model is installed; otherwise a failure under CI,
+/// else a recorded skip.
 fn default_model_installed() -> bool {
-    let dir = std::env::var_os("FT_MODELS_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root().join(".ft/models"));
-    let present = dir.join("SmolLM2-135M-Instruct.Q4_1.gguf").is_file();
-    if !present {
-        eprintln!("skip: the default model is not installed (run `cargo xtask setup`)");
-    }
-    present
+    ft_config::testing::default_model_present(&ft_model::load::models_dir())
 }
 
 /// The 20 defects of `defects20.jsonl`: (line, kind, field).

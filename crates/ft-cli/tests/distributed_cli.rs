@@ -9,6 +9,15 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+/// MLX's ring backend, or (outside CI) a recorded skip.
+fn ring_backend_present() -> bool {
+    ft_config::testing::prerequisite(
+        Backend::Ring.is_available(),
+        "MLX's ring distributed backend (this MLX build has none)",
+        "`cargo xtask setup` (it builds MLX with the ring backend)",
+    )
+}
+
 /// A few short steps of the quickstart configuration into `run_dir`.
 fn train_args(run_dir: &Path, steps: u32) -> Vec<String> {
     [
@@ -38,8 +47,7 @@ fn train_args(run_dir: &Path, steps: u32) -> Vec<String> {
 
 #[test]
 fn launch_runs_two_ranks_and_only_rank_0_writes() {
-    if !Backend::Ring.is_available() {
-        eprintln!("skipped: this MLX build has no ring backend");
+    if !ring_backend_present() {
         return;
     }
     let dir = tempfile::tempdir().expect("tempdir");
@@ -75,8 +83,7 @@ fn launch_runs_two_ranks_and_only_rank_0_writes() {
 
 #[test]
 fn a_killed_rank_stops_the_other_with_a_message_naming_it() {
-    if !Backend::Ring.is_available() {
-        eprintln!("skipped: this MLX build has no ring backend");
+    if !ring_backend_present() {
         return;
     }
     let dir = tempfile::tempdir().expect("tempdir");

@@ -53,14 +53,11 @@ fn gguf_output_paths_and_dtypes_are_checked_before_loading() {
 
 #[test]
 fn fused_gguf_keeps_logits_and_tokenizer() {
-    let base = ft_model::load::models_dir().join("SmolLM2-135M-Instruct.Q4_1.gguf");
-    if !base.is_file() {
-        println!(
-            "skipped: {} is absent (run `cargo xtask setup`)",
-            base.display()
-        );
+    let models = ft_model::load::models_dir();
+    if !ft_config::testing::default_model_present(&models) {
         return;
     }
+    let base = models.join("SmolLM2-135M-Instruct.Q4_1.gguf");
     let model = ft_model::load_model(
         MODEL,
         &LoadOptions {

@@ -602,11 +602,10 @@ mod tests {
 
     #[test]
     fn reads_the_default_model_when_present() {
-        let path = crate::test_support::default_model_path();
-        if !path.exists() {
-            eprintln!("skip: {} not found", path.display());
+        if !crate::test_support::default_model_present() {
             return;
         }
+        let path = crate::test_support::default_model_path();
         let meta = GgufMetadata::read_file(&path).unwrap();
         assert_eq!(meta.get_str("tokenizer.ggml.model").unwrap(), "gpt2");
         assert_eq!(

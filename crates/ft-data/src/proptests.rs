@@ -17,7 +17,7 @@ use crate::error::DataError;
 use crate::format::{Example, Message, Role};
 use crate::jsonl::parse_jsonl;
 use crate::template::{ChatFormatter, TemplateChoice};
-use crate::test_support::{default_tokenizer, tiny_spm};
+use crate::test_support::{default_model_present, default_tokenizer, tiny_spm};
 use crate::tokenizer::TextTokenizer;
 
 /// Text without `▁` (SentencePiece decodes it as a space) and not blank.
@@ -129,8 +129,15 @@ proptest! {
     }
 }
 
+/// The default model's tokenizer, loaded once per process. Whether the model
+/// is installed is asked once per test (thread): when it is not, a failure
+/// under CI, else the test's skip is recorded (once, not per case).
 fn default_model() -> Option<&'static TextTokenizer> {
     static TOKENIZER: std::sync::OnceLock<Option<TextTokenizer>> = std::sync::OnceLock::new();
+    thread_local!(static PRESENT: bool = default_model_present());
+    if !PRESENT.with(|present| *present) {
+        return None;
+    }
     TOKENIZER.get_or_init(default_tokenizer).as_ref()
 }
 

@@ -808,7 +808,7 @@ fn merges_from_scores(pieces: &[SpmPiece], vocab: &Vocab) -> Vec<(String, String
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use crate::test_support::{default_model_path, tiny_spm};
+    use crate::test_support::{default_model_path, default_model_present, tiny_spm};
 
     #[test]
     fn spm_byte_fallback_and_prefix() {
@@ -945,11 +945,10 @@ mod tests {
 
     #[test]
     fn default_model_gguf_tokenizer() {
-        let path = default_model_path();
-        if !path.exists() {
-            eprintln!("skip: {} not found", path.display());
+        if !default_model_present() {
             return;
         }
+        let path = default_model_path();
         let tok = TextTokenizer::from_gguf(&path).unwrap();
         let s = tok.special();
         assert_eq!((s.bos, s.eos, s.add_bos), (Some(1), Some(2), false));

@@ -8,6 +8,15 @@ use std::time::{Duration, Instant};
 
 const ROLE: &str = "FT_DISTRIBUTED_TEST_ROLE";
 
+/// MLX's ring backend, or (outside CI) a recorded skip.
+fn ring_backend_present() -> bool {
+    ft_config::testing::prerequisite(
+        Backend::Ring.is_available(),
+        "MLX's ring distributed backend (this MLX build has none)",
+        "`cargo xtask setup` (it builds MLX with the ring backend)",
+    )
+}
+
 /// Starts `ranks` copies of this test binary running `test` as ranks of a
 /// loopback group; returns each one's exit status and output.
 fn spawn_ranks(test: &str, ranks: usize, role: &str) -> Vec<(std::process::ExitStatus, String)> {
@@ -71,8 +80,7 @@ fn ranks_on_loopback_sum_arrays() {
         }
         Ok(_) => {}
         Err(_) => {
-            if !Backend::Ring.is_available() {
-                eprintln!("skipped: this MLX build has no ring backend");
+            if !ring_backend_present() {
                 return;
             }
             for ranks in [2usize, 3] {
@@ -120,8 +128,7 @@ fn a_lost_rank_stops_the_others() {
         }
         Ok(_) => {}
         Err(_) => {
-            if !Backend::Ring.is_available() {
-                eprintln!("skipped: this MLX build has no ring backend");
+            if !ring_backend_present() {
                 return;
             }
             let started = Instant::now();
@@ -190,8 +197,7 @@ fn flattened_and_per_array_exchanges_agree_and_are_timed() {
         }
         Ok(_) => {}
         Err(_) => {
-            if !Backend::Ring.is_available() {
-                eprintln!("skipped: this MLX build has no ring backend");
+            if !ring_backend_present() {
                 return;
             }
             let results = spawn_ranks(

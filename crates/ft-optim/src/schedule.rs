@@ -80,6 +80,31 @@ mod tests {
         )
     }
 
+    /// The documented schedule written independently of [`Schedule::at`]:
+    /// warmup rises by `peak / warmup` per step to the peak at its last
+    /// step; decay runs over the steps `warmup ..= total - 1`, cosine as
+    /// `floor + (peak - floor) cos²(πt/2)`, linear as a weighted mean.
+    fn closed_form(s: &Schedule, step: u64) -> f64 {
+        if step < s.warmup_steps {
+            return s.peak / s.warmup_steps as f64 * (step + 1) as f64;
+        }
+        let last = s.total_steps.saturating_sub(1);
+        let t = if last > s.warmup_steps {
+            (step.min(last) - s.warmup_steps) as f64 / (last - s.warmup_steps) as f64
+        } else {
+            0.0
+        };
+        let floor = s.min_lr;
+        match s.shape {
+            ScheduleShape::Constant => s.peak,
+            ScheduleShape::Linear => (1.0 - t) * s.peak + t * floor,
+            ScheduleShape::Cosine => {
+                let c = (std::f64::consts::FRAC_PI_2 * t).cos();
+                floor + (s.peak - floor) * c * c
+            }
+        }
+    }
+
     proptest! {
         #[test]
         fn stays_between_zero_and_peak(s in schedule(), step in 0u64..1000) {
@@ -113,10 +138,28 @@ mod tests {
         }
 
         #[test]
-        fn is_a_pure_function_of_the_step(s in schedule(), step in 0u64..1000) {
-            prop_assert_eq!(s.at(step).to_bits(), s.at(step).to_bits());
-            let copy = s;
-            prop_assert_eq!(s.at(step).to_bits(), copy.at(step).to_bits());
+        fn matches_the_closed_form_at_every_step(s in schedule(), step in 0u64..1000) {
+            let expected = closed_form(&s, step);
+            prop_assert!(
+                (s.at(step) - expected).abs() <= 1e-12 * s.peak,
+                "step {}: {} vs closed form {}", step, s.at(step), expected
+            );
+        }
+
+        #[test]
+        fn decay_is_symmetric_about_its_middle(s in schedule(), k in 0u64..500) {
+            // Cosine and linear decay are point-symmetric about the middle of
+            // the decay: the rates k steps after its start and k steps before
+            // its end add up to peak + floor.
+            let last = s.total_steps.saturating_sub(1);
+            if s.shape != ScheduleShape::Constant && last > s.warmup_steps {
+                let k = k % (last - s.warmup_steps + 1);
+                let sum = s.at(s.warmup_steps + k) + s.at(last - k);
+                prop_assert!(
+                    (sum - (s.peak + s.min_lr)).abs() <= 1e-12 * s.peak,
+                    "k {}: {} vs {}", k, sum, s.peak + s.min_lr
+                );
+            }
         }
     }
 

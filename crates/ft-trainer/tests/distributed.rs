@@ -102,8 +102,11 @@ fn adapter(run_dir: &Path) -> HashMap<String, Vec<f32>> {
 /// AdamW divides each update by the root of its squared-gradient average,
 /// which magnifies such differences in near-zero gradients, SGD does not.)
 fn compare(test: &str, ranks: usize, batch: u32, tolerance: f32) {
-    if !Backend::Ring.is_available() {
-        eprintln!("skipped: this MLX build has no ring backend");
+    if !ft_config::testing::prerequisite(
+        Backend::Ring.is_available(),
+        "MLX's ring distributed backend (this MLX build has none)",
+        "`cargo xtask setup` (it builds MLX with the ring backend)",
+    ) {
         return;
     }
     let dir = tempfile::tempdir().expect("tempdir");

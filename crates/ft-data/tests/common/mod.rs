@@ -16,19 +16,23 @@ pub fn fixture(name: &str) -> PathBuf {
     fixtures().join(name)
 }
 
-/// The default model's tokenizer, or `None` (with a skip note) before
-/// `cargo xtask setup` has installed the model.
+/// Where `cargo xtask setup` installs the built-in models: `$FT_MODELS_DIR`,
+/// else `<checkout>/.ft/models` (ft-model's `load::models_dir()`, which
+/// ft-data cannot depend on).
+pub fn models_dir() -> PathBuf {
+    std::env::var_os("FT_MODELS_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.ft/models"))
+}
+
+/// The default model's tokenizer, or `None` before `cargo xtask setup` has
+/// installed the model (a failure under CI, else a recorded skip).
 pub fn default_tokenizer() -> Option<ft_data::TextTokenizer> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../.ft/models/SmolLM2-135M-Instruct.Q4_1.gguf");
-    if !path.exists() {
-        eprintln!(
-            "skip: {} not found (run `cargo xtask setup`)",
-            path.display()
-        );
+    let models = models_dir();
+    if !ft_config::testing::default_model_present(&models) {
         return None;
     }
-    Some(ft_data::TextTokenizer::from_gguf(path).unwrap())
+    Some(ft_data::TextTokenizer::from_gguf(models.join("SmolLM2-135M-Instruct.Q4_1.gguf")).unwrap())
 }
 
 fn tool_works(name: &str) -> bool {
@@ -38,13 +42,14 @@ fn tool_works(name: &str) -> bool {
         .is_ok_and(|o| o.status.success())
 }
 
-/// True when `node` and `npm` run; otherwise prints a skip note.
+/// True when `node` and `npm` run; otherwise a failure under CI, else a
+/// recorded skip.
 pub fn node_available(what: &str) -> bool {
-    let ok = tool_works("node") && tool_works("npm");
-    if !ok {
-        eprintln!("skip: node/npm not found; {what} needs them");
-    }
-    ok
+    ft_config::testing::prerequisite(
+        tool_works("node") && tool_works("npm"),
+        &format!("Node.js (`node` and `npm`, which {what} needs)"),
+        "apt-get install nodejs npm (macOS: brew install node)",
+    )
 }
 
 /// Installs `package@version` into the git-ignored

@@ -81,9 +81,36 @@ pub fn check_safetensors(path: &Path) -> Result<SafetensorsHeader> {
     let header: Value = serde_json::from_slice(&header)
         .map_err(|error| bad(format!("the header is not valid JSON: {error}")))?;
     locate_defect(&header, data_len).map_err(bad)?;
-    Err(bad(format!(
-        "the header does not follow the safetensors format: {refusal}"
-    )))
+    // Every tensor is whole and inside the file, but the format's stricter
+    // rules fail (gaps or overlaps between tensors, out of order): MLX reads
+    // such a file, and the loader then names any tensor that is missing.
+    tracing::warn!(
+        path = %path.display(),
+        "{refusal}: the tensors do not tile the data section as the safetensors format \
+         requires; reading them anyway"
+    );
+    Ok(header_from_json(&header))
+}
+
+/// The tensors of a header [`locate_defect`] found no fault in.
+fn header_from_json(header: &Value) -> SafetensorsHeader {
+    let tensors = header
+        .as_object()
+        .into_iter()
+        .flatten()
+        .filter(|(name, _)| name.as_str() != "__metadata__")
+        .map(|(name, entry)| {
+            let dtype = entry["dtype"].as_str().unwrap_or_default().to_string();
+            let shape = entry["shape"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|dim| dim.as_u64().map(|d| d as usize))
+                .collect();
+            (name.clone(), (dtype, shape))
+        })
+        .collect();
+    SafetensorsHeader { tensors }
 }
 
 /// A header the format accepts, checked against what MLX reads and the
@@ -258,6 +285,13 @@ mod tests {
     }
 
     #[test]
+    fn a_gap_between_tensors_is_read_as_mlx_reads_it() {
+        let (_dir, path) = file(&GOOD.replace("[0,24]", "[8,32]"), 32);
+        let tensors = check_safetensors(&path).expect("readable").tensors;
+        assert_eq!(tensors["a"], ("F32".to_string(), vec![2, 3]));
+    }
+
+    #[test]
     fn each_defect_is_named() {
         let cases = [
             (GOOD.to_string(), 23, "truncated: tensor `a`"),
@@ -265,11 +299,6 @@ mod tests {
             (GOOD.replace("[2,3]", "[2,-3]"), 24, "`shape`"),
             (GOOD.replace("[2,3]", "[2,4]"), 24, "needs 32 bytes"),
             (GOOD.replace("[0,24]", "[24,0]"), 24, "`data_offsets`"),
-            (
-                GOOD.replace("[0,24]", "[8,32]"),
-                32,
-                "does not follow the safetensors format",
-            ),
             ("[1,2]".to_string(), 0, "not a JSON object"),
             (GOOD[..40].to_string(), 0, "not valid JSON"),
         ];
@@ -347,8 +376,7 @@ mod tests {
                                 || message.contains("not a safetensors file")
                                 || message.contains("header")
                                 || message.contains("tensor `")
-                                || message.contains("__metadata__")
-                                || message.contains("safetensors format"),
+                                || message.contains("__metadata__"),
                             "unlocated: {}",
                             message
                         );
