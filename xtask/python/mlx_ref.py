@@ -160,30 +160,14 @@ def cmd_logits(args):
     import mlx_lm
 
     model, tokenizer = load(args.model_dir)
-    prompts = []
-    for name, kind, content in FIXTURE_PROMPTS:
-        if kind == "text":
-            ids = [int(i) for i in tokenizer.encode(content, add_special_tokens=False)]
-        else:
-            ids = chat_ids(tokenizer, content)
-        logits = model(mx.array([ids]))[0]
-        mx.eval(logits)
-        length = len(ids)
-        positions = sorted({0, length // 2, length - 1})
-        prompts.append(
-            {
-                "name": name,
-                "ids": ids,
-                "positions": [position_slice(logits[p], p) for p in positions],
-            }
-        )
+    prompts = fixture_logits(model, tokenizer)
     fixture = {
         "about": "Logits of mlx_lm on the fp32 export of the default model "
         "(`ft convert --dtype float32 --dequantize`); written by "
         "`cargo xtask fixtures logits`, checked by crates/ft-model/tests/mlx_lm_parity.rs.",
         "mlx_version": mx.__version__,
         "mlx_lm_version": mlx_lm.__version__,
-        "vocab_size": int(logits.shape[-1]),
+        "vocab_size": int(model.args.vocab_size),
         "prompts": prompts,
     }
     with open(args.out, "w") as out:
