@@ -40,7 +40,6 @@ impl FuseDtype {
             Self::Bfloat16 => Dtype::Bfloat16,
         }
     }
-
 }
 
 /// Largest logit difference `ft fuse` accepts between the reloaded model

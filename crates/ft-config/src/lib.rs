@@ -14,7 +14,12 @@
 //! * **validation** that reports every problem at once, each with its key path,
 //!   the allowed values and where the offending value came from
 //!   ([`ValidationErrors`]);
-//! * the generated configuration reference ([`reference_markdown`]).
+//! * the generated configuration reference ([`reference_markdown`]);
+//! * what the configured seed drives everywhere: the one seeded generator
+//!   ([`rng`]: data order, dropout, validation splits, sampling), so every
+//!   crate draws the same way;
+//! * test support every crate's tests share ([`testing`]: what a test does
+//!   when a prerequisite is missing).
 //!
 //! It must not know about MLX, tensors, tokenizers, datasets or any file other
 //! than config files: paths in the configuration (model, data, checkpoints)
@@ -44,6 +49,7 @@ mod loader;
 #[cfg(test)]
 mod proptests;
 mod reference;
+pub mod rng;
 mod show;
 pub mod testing;
 mod validate;

@@ -2,6 +2,7 @@
 //! packing of several examples per row, deterministic per-epoch shuffling,
 //! and a cursor that can be saved and restored.
 
+use ft_config::rng::SplitMix64;
 use std::collections::BTreeMap;
 use std::hash::{Hash, Hasher};
 
@@ -159,7 +160,7 @@ impl<'d> Batcher<'d> {
     /// The plan of `epoch`: which examples go in which row of which batch.
     /// The same seed and epoch always give the same plan.
     pub fn plan(&self, epoch: u64) -> Plan {
-        let mut rng = SplitMix64::new(self.options.seed, epoch);
+        let mut rng = epoch_rng(self.options.seed, epoch);
         let mut order: Vec<usize> = (0..self.examples.len()).collect();
         if self.options.shuffle {
             rng.shuffle(&mut order);
@@ -383,44 +384,11 @@ fn fingerprint(examples: &[EncodedExample], options: &BatchOptions) -> u64 {
     h.finish().max(1)
 }
 
-/// SplitMix64: tiny, fast, and fully specified, so shuffles never change
-/// with a dependency update.
-struct SplitMix64(u64);
-
-impl SplitMix64 {
-    fn new(seed: u64, epoch: u64) -> Self {
-        let mut rng = SplitMix64(seed ^ 0x9E37_79B9_7F4A_7C15);
-        let mixed = rng.next_u64() ^ epoch.wrapping_mul(0xD1B5_4A32_D192_ED03);
-        SplitMix64(mixed)
-    }
-
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in `0..n` (n > 0), without modulo bias.
-    fn below(&mut self, n: usize) -> usize {
-        let n = n as u64;
-        let zone = u64::MAX - u64::MAX % n;
-        loop {
-            let v = self.next_u64();
-            if v < zone {
-                return (v % n) as usize;
-            }
-        }
-    }
-
-    /// Fisher–Yates.
-    fn shuffle<T>(&mut self, items: &mut [T]) {
-        for i in (1..items.len()).rev() {
-            let j = self.below(i + 1);
-            items.swap(i, j);
-        }
-    }
+/// The epoch's shuffling stream: the shared generator of `seed`, moved on
+/// by `epoch`.
+fn epoch_rng(seed: u64, epoch: u64) -> SplitMix64 {
+    let mut rng = SplitMix64::new(seed);
+    SplitMix64::from_state(rng.next_u64() ^ epoch.wrapping_mul(0xD1B5_4A32_D192_ED03))
 }
 
 #[cfg(test)]

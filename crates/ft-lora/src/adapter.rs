@@ -278,7 +278,7 @@ fn dropout(
 ) -> mlx_rs::error::Result<Array> {
     match seed {
         Some(seed) if p > 0.0 => {
-            let key = random::key(mix_seed(seed, slot_index as u64))?;
+            let key = random::key(ft_config::rng::mix_seed(seed, slot_index as u64))?;
             let keep = Array::from_f32((1.0 - p) as f32);
             let mask = random::bernoulli(&keep, input.shape(), &key)?;
             input
@@ -404,13 +404,4 @@ fn apply_slot(
     let norms = mlx_rs::stop_gradient(&row_norms(&adapted)?)?;
     let factor = magnitude.divide(&norms)?.as_dtype(out_dtype)?;
     Ok(output.multiply(&factor)?)
-}
-
-/// splitmix64 of `seed` and `salt`: independent, reproducible dropout
-/// streams (per slot here; per step and micro-batch in the trainer).
-pub fn mix_seed(seed: u64, salt: u64) -> u64 {
-    let mut z = seed ^ salt.wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
 }

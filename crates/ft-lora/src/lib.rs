@@ -19,7 +19,7 @@ pub mod error;
 pub mod files;
 pub mod fuse;
 
-pub use adapter::{mix_seed, LoraAdapters, LoraLayout, LoraSlot, LoraSpec, LoraView};
+pub use adapter::{LoraAdapters, LoraLayout, LoraSlot, LoraSpec, LoraView};
 pub use error::{LoraError, Result};
 pub use files::{AdapterFormat, LoadedAdapter};
 pub use fuse::fuse;

@@ -348,24 +348,19 @@ fn host_logits(logits: &Array) -> Result<Vec<f32>> {
 /// Token choice on the host: the vocabulary is small next to the cost of a
 /// forward pass, and a host RNG makes seeds exact across backends.
 struct Sampler {
-    state: u64,
+    rng: ft_config::rng::SplitMix64,
 }
 
 impl Sampler {
     fn new(seed: u64) -> Self {
         Self {
-            state: seed ^ 0x9E37_79B9_7F4A_7C15,
+            rng: ft_config::rng::SplitMix64::new(seed),
         }
     }
 
-    /// splitmix64, uniform in [0, 1).
+    /// Uniform in [0, 1).
     fn uniform(&mut self) -> f64 {
-        self.state = self.state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^= z >> 31;
-        (z >> 11) as f64 / (1_u64 << 53) as f64
+        self.rng.uniform()
     }
 
     fn pick(&mut self, mut logits: Vec<f32>, context: &[u32], options: &SamplingOptions) -> u32 {

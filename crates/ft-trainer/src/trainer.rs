@@ -7,11 +7,12 @@ use crate::loss::{loss_sum, BatchArrays};
 use crate::metrics::{Callbacks, Control, EvalMetrics, MetricsFile, MetricsRecord, StepMetrics};
 use crate::parallel::{shard_rows, Workers};
 use crate::{Result, TrainError};
+use ft_config::rng::mix_seed;
 use ft_config::{
     Config, NonFinitePolicy, OptimizerName, Quantization, SchedulerKind, TrainingLength,
 };
 use ft_data::{BatchOptions, Dataset, TextTokenizer};
-use ft_lora::{mix_seed, LoraAdapters, LoraLayout, LoraSpec};
+use ft_lora::{LoraAdapters, LoraLayout, LoraSpec};
 use ft_model::distributed::Group;
 use ft_model::{LinearAdapter, LoadOptions, Model, ModelSource};
 use ft_optim::{
