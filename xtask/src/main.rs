@@ -207,6 +207,9 @@ fn test(root: &Path, extra: &[String]) -> Result<()> {
             "warnings",
         ],
     )?;
+    // The criterion benchmarks (`cargo bench`) must keep compiling.
+    shell::step("cargo bench --workspace --no-run");
+    shell::cargo(root, &["bench", "--workspace", "--no-run", "--quiet"])?;
     // MLX is not thread-safe: nextest gives every test its own process.
     let mut args: Vec<&str> = if shell::has_nextest() {
         shell::step("cargo nextest run --workspace");
