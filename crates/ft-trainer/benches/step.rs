@@ -8,26 +8,12 @@
 use criterion::{criterion_group, criterion_main, Criterion};
 use ft_config::rng::SplitMix64;
 use ft_lora::{LoraAdapters, LoraSpec};
-use ft_model::{tiny, AttentionScope, LoadOptions, Model, NoAdapter, Projection};
+use ft_model::{tiny, AttentionScope, LoadOptions, NoAdapter, Projection};
 use ft_trainer::loss::BatchArrays;
 use ft_trainer::parallel::Workers;
-use std::path::Path;
 
 const ROWS: usize = 4;
 const LENGTH: usize = 64;
-
-fn tiny_model() -> Model {
-    let config = tiny::tiny_mistral_config();
-    let weights = tiny::random_weights(&config, 1).expect("weights");
-    let args = ft_model::ModelArgs::from_hf(&config).expect("args");
-    ft_model::load::assemble(
-        args,
-        weights.into_iter().collect(),
-        Path::new("tiny"),
-        &LoadOptions::default(),
-    )
-    .expect("model")
-}
 
 /// Random ids with the second half of every row as targets.
 fn batch(vocab: usize) -> ft_data::Batch {
@@ -50,7 +36,7 @@ fn batch(vocab: usize) -> ft_data::Batch {
 }
 
 fn model_paths(c: &mut Criterion) {
-    let model = tiny_model();
+    let model = tiny::tiny_model(1, &LoadOptions::default()).expect("tiny model");
     let arrays = BatchArrays::new(&batch(model.args.vocab_size));
     let spec = LoraSpec {
         rank: 8,
