@@ -388,3 +388,55 @@ fn ensure_empty(dir: &std::path::Path) -> Result<(), Failure> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// ft-data reads GGUF metadata (`GgufValue`), ft-model writes it
+    /// (`GgufMetadataValue`): every type survives the trip through both.
+    #[test]
+    fn every_gguf_metadata_type_round_trips_through_the_writer_and_the_reader() {
+        let values: BTreeMap<String, GgufValue> = [
+            ("t.u8", GgufValue::U8(7)),
+            ("t.i8", GgufValue::I8(-7)),
+            ("t.u16", GgufValue::U16(700)),
+            ("t.i16", GgufValue::I16(-700)),
+            ("t.u32", GgufValue::U32(70_000)),
+            ("t.i32", GgufValue::I32(-70_000)),
+            ("t.u64", GgufValue::U64(7 << 40)),
+            ("t.i64", GgufValue::I64(-(7 << 40))),
+            ("t.f32", GgufValue::F32(0.25)),
+            ("t.f64", GgufValue::F64(-0.125)),
+            ("t.bool", GgufValue::Bool(true)),
+            ("t.string", GgufValue::String("héllo ▁world".into())),
+            (
+                "t.strings",
+                GgufValue::Array(vec![
+                    GgufValue::String("<s>".into()),
+                    GgufValue::String(String::new()),
+                ]),
+            ),
+            (
+                "t.floats",
+                GgufValue::Array(vec![GgufValue::F32(1.5), GgufValue::F32(-2.0)]),
+            ),
+            ("t.empty", GgufValue::Array(Vec::new())),
+        ]
+        .into_iter()
+        .map(|(key, value)| (key.to_string(), value))
+        .collect();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("meta.gguf");
+        let tensor = mlx_rs::Array::from_slice(&[1.0_f32, 2.0], &[2]);
+        ft_model::gguf::writer::write_gguf(
+            &path,
+            vec![("t.weight".into(), tensor)],
+            &gguf_metadata(&values),
+        )
+        .expect("write");
+        let read = ft_data::GgufMetadata::read_file(&path).expect("read");
+        assert_eq!(read.tensor_count, 1);
+        assert_eq!(read.kv, values);
+    }
+}
