@@ -1,8 +1,9 @@
 //! A safetensors file checked in Rust before MLX reads it: MLX reports a
 //! damaged file with its C++ source location, or (for a shape that does not
-//! match its data) reads what it finds. The header is validated by the
-//! `safetensors` crate (the format's reference implementation); when it
-//! refuses one, the tensor and the numbers involved are named here.
+//! match its data) reads what it finds. Here every tensor's dtype, shape
+//! and byte range are checked against the file, a problem naming the tensor
+//! and the numbers involved; the `safetensors` crate (the format's
+//! reference implementation) then validates the layout as a whole.
 
 use crate::{Error, Result};
 use serde_json::Value;
@@ -73,23 +74,21 @@ pub fn check_safetensors(path: &Path) -> Result<SafetensorsHeader> {
     let mut header = vec![0_u8; header_len as usize];
     file.read_exact(&mut header).map_err(io)?;
     let data_len = len - 8 - header_len;
-    let refusal = match serde_json::from_slice::<::safetensors::tensor::Metadata>(&header) {
-        Ok(metadata) => return accepted(&metadata, data_len).map_err(bad),
-        Err(error) => error,
-    };
-    // Refused: find what is wrong and where, or give the crate's reason.
-    let header: Value = serde_json::from_slice(&header)
+    let parsed: Value = serde_json::from_slice(&header)
         .map_err(|error| bad(format!("the header is not valid JSON: {error}")))?;
-    locate_defect(&header, data_len).map_err(bad)?;
-    // Every tensor is whole and inside the file, but the format's stricter
-    // rules fail (gaps or overlaps between tensors, out of order): MLX reads
-    // such a file, and the loader then names any tensor that is missing.
-    tracing::warn!(
-        path = %path.display(),
-        "{refusal}: the tensors do not tile the data section as the safetensors format \
-         requires; reading them anyway"
-    );
-    Ok(header_from_json(&header))
+    locate_defect(&parsed, data_len).map_err(bad)?;
+    // Every tensor is whole, of a dtype MLX reads and inside the file. The
+    // format's own validation may still refuse the layout (gaps or overlaps
+    // between tensors, out of order): MLX reads such a file, and the loader
+    // then names any tensor that is missing.
+    if let Err(refusal) = serde_json::from_slice::<::safetensors::tensor::Metadata>(&header) {
+        tracing::warn!(
+            path = %path.display(),
+            "{refusal}: the tensors do not tile the data section as the safetensors format \
+             requires; reading them anyway"
+        );
+    }
+    Ok(header_from_json(&parsed))
 }
 
 /// The tensors of a header [`locate_defect`] found no fault in.
@@ -113,44 +112,8 @@ fn header_from_json(header: &Value) -> SafetensorsHeader {
     SafetensorsHeader { tensors }
 }
 
-/// A header the format accepts, checked against what MLX reads and the
-/// bytes the file holds.
-fn accepted(
-    metadata: &::safetensors::tensor::Metadata,
-    data_len: u64,
-) -> std::result::Result<SafetensorsHeader, String> {
-    let mut tensors = BTreeMap::new();
-    for name in metadata.offset_keys() {
-        let Some(info) = metadata.info(&name) else {
-            continue;
-        };
-        let dtype = format!("{:?}", info.dtype);
-        if dtype_size(&dtype).is_none() {
-            return Err(format!(
-                "tensor `{name}`: dtype `{dtype}` is not supported (supported: {SUPPORTED_DTYPES})"
-            ));
-        }
-        if info.shape.iter().any(|&dim| dim > i32::MAX as usize) {
-            return Err(format!(
-                "tensor `{name}`: `shape`: expected a list of integers from 0 to {}, got {:?}",
-                i32::MAX,
-                info.shape
-            ));
-        }
-        let (begin, end) = info.data_offsets;
-        if end as u64 > data_len {
-            return Err(format!(
-                "truncated: tensor `{name}` has data_offsets [{begin}, {end}], but the data \
-                 section holds only {data_len} bytes (an incomplete download or copy?)"
-            ));
-        }
-        tensors.insert(name, (dtype, info.shape.clone()));
-    }
-    Ok(SafetensorsHeader { tensors })
-}
-
-/// The first defect of a header the format refused, located; `Ok` when
-/// none of these checks finds it.
+/// The first defect of the header, located: a tensor's dtype, shape or
+/// byte range, or the metadata; `Ok` when there is none.
 fn locate_defect(header: &Value, data_len: u64) -> std::result::Result<(), String> {
     let Value::Object(entries) = header else {
         return Err(format!(
