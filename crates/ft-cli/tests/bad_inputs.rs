@@ -52,7 +52,7 @@ fn corpus_dir() -> PathBuf {
 }
 
 fn default_gguf() -> PathBuf {
-    ft_model::load::models_dir().join("SmolLM2-135M-Instruct.Q4_1.gguf")
+    ft_config::testing::models_dir().join(ft_config::testing::DEFAULT_MODEL_FILE)
 }
 
 /// Inputs made at test time, each once per run.
@@ -609,7 +609,7 @@ fn every_bad_input_gives_a_located_error_and_exit_code_1() {
         .case
         .iter()
         .any(|case| case.needs_default_model && case.name.contains(&only))
-        && ft_config::testing::default_model_present(&ft_model::load::models_dir());
+        && ft_config::testing::default_model().is_some();
     let started = Instant::now();
     let mut failures = String::new();
     let (mut passed, mut skipped) = (0, 0);

@@ -17,9 +17,7 @@ const MODEL: &str = "smollm2-135m-instruct";
 /// The default model's GGUF, or `None` when it is absent (a failure under
 /// CI, else a recorded skip).
 fn default_gguf() -> Option<PathBuf> {
-    let dir = ft_model::load::models_dir();
-    ft_config::testing::default_model_present(&dir)
-        .then(|| dir.join("SmolLM2-135M-Instruct.Q4_1.gguf"))
+    ft_config::testing::default_model()
 }
 
 fn convert(args: &[&str]) {

@@ -26,9 +26,7 @@ impl Setup {
     /// `None` when the default model is absent (a failure under CI, else a
     /// recorded skip).
     fn new() -> Option<Self> {
-        if !ft_config::testing::default_model_present(&ft_model::load::models_dir()) {
-            return None;
-        }
+        ft_config::testing::default_model()?;
         let dir = tempfile::tempdir().expect("tempdir");
         let model = dir.path().join("model");
         // The default model's tokenizer files, then tiny weights in place of its own.

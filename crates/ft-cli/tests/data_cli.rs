@@ -28,7 +28,7 @@ fn stderr(output: &Output) -> String {
 /// True when the default model is installed; otherwise a failure under CI,
 /// else a recorded skip.
 fn default_model_installed() -> bool {
-    ft_config::testing::default_model_present(&ft_model::load::models_dir())
+    ft_config::testing::default_model().is_some()
 }
 
 /// The 20 defects of `defects20.jsonl`: (line, kind, field).

@@ -53,11 +53,9 @@ fn gguf_output_paths_and_dtypes_are_checked_before_loading() {
 
 #[test]
 fn fused_gguf_keeps_logits_and_tokenizer() {
-    let models = ft_model::load::models_dir();
-    if !ft_config::testing::default_model_present(&models) {
+    let Some(base) = ft_config::testing::default_model() else {
         return;
-    }
-    let base = models.join("SmolLM2-135M-Instruct.Q4_1.gguf");
+    };
     let model = ft_model::load_model(
         MODEL,
         &LoadOptions {

@@ -36,19 +36,38 @@ pub fn prerequisite(present: bool, what: &str, install: &str) -> bool {
             .append(true)
             .open(log)
         {
-            let _ = writeln!(file, "{test}\t{what}");
+            // One write per line: tests run in parallel processes, and
+            // O_APPEND keeps a single small write whole.
+            let _ = file.write_all(format!("{test}\t{what}\n").as_bytes());
         }
     }
     false
 }
 
-/// [`prerequisite`] for the built-in default model, installed by
-/// `cargo xtask setup` into `models_dir` (ft-model's `load::models_dir()`).
-pub fn default_model_present(models_dir: &std::path::Path) -> bool {
-    let gguf = models_dir.join("SmolLM2-135M-Instruct.Q4_1.gguf");
+/// The built-in default model's file name (ft-model's
+/// `load::DEFAULT_MODEL_FILE`; a test there holds the two together).
+pub const DEFAULT_MODEL_FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
+
+/// Where `cargo xtask setup` installs the built-in models: `$FT_MODELS_DIR`,
+/// else `<checkout>/.ft/models` (ft-model's `load::models_dir()`, for the
+/// crates whose tests cannot reach ft-model).
+pub fn models_dir() -> std::path::PathBuf {
+    std::env::var_os("FT_MODELS_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.ft/models")
+        })
+}
+
+/// The built-in default model's file under [`models_dir`] when it is
+/// installed; otherwise [`prerequisite`]'s failure under CI, or `None` and
+/// a recorded skip.
+pub fn default_model() -> Option<std::path::PathBuf> {
+    let gguf = models_dir().join(DEFAULT_MODEL_FILE);
     prerequisite(
         gguf.is_file(),
         &format!("the default model {}", gguf.display()),
         "cargo xtask setup",
     )
+    .then_some(gguf)
 }

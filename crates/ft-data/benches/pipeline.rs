@@ -10,7 +10,7 @@ use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use ft_data::{
     read_jsonl, BatchOptions, Batcher, EncodeOptions, Encoder, SourceExample, TextTokenizer,
 };
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 fn checkout() -> &'static Path {
     Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."))
@@ -23,10 +23,8 @@ fn demo_examples() -> Vec<SourceExample> {
 }
 
 fn default_tokenizer() -> TextTokenizer {
-    let models: PathBuf = std::env::var_os("FT_MODELS_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| checkout().join(".ft/models"));
-    TextTokenizer::from_gguf(models.join("SmolLM2-135M-Instruct.Q4_1.gguf"))
+    let models = ft_config::testing::models_dir();
+    TextTokenizer::from_gguf(models.join(ft_config::testing::DEFAULT_MODEL_FILE))
         .expect("the default model's tokenizer: run `cargo xtask setup`")
 }
 

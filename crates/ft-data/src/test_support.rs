@@ -5,30 +5,21 @@ use std::path::PathBuf;
 
 use crate::tokenizer::{SpmOptions, SpmPiece, TextTokenizer, TokenKind};
 
-/// Where `cargo xtask setup` installs the built-in models: `$FT_MODELS_DIR`,
-/// else `<checkout>/.ft/models` (ft-model's `load::models_dir()`, which this
-/// crate cannot depend on).
-pub fn models_dir() -> PathBuf {
-    std::env::var_os("FT_MODELS_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../.ft/models"))
-}
-
 /// The default model of the project (present after `cargo xtask setup`).
 pub fn default_model_path() -> PathBuf {
-    models_dir().join("SmolLM2-135M-Instruct.Q4_1.gguf")
+    ft_config::testing::models_dir().join(ft_config::testing::DEFAULT_MODEL_FILE)
 }
 
 /// Whether the default model is installed; when it is not, a failure under
 /// CI, else a recorded skip (`ft_config::testing::prerequisite`).
 pub fn default_model_present() -> bool {
-    ft_config::testing::default_model_present(&models_dir())
+    ft_config::testing::default_model().is_some()
 }
 
 /// The default model's tokenizer, or `None` when the model is absent (a
 /// failure under CI, else a recorded skip).
 pub fn default_tokenizer() -> Option<TextTokenizer> {
-    default_model_present().then(|| TextTokenizer::from_gguf(default_model_path()).unwrap())
+    ft_config::testing::default_model().map(|gguf| TextTokenizer::from_gguf(gguf).unwrap())
 }
 
 /// A tiny SentencePiece-BPE tokenizer laid out like Mistral v3's:

@@ -96,7 +96,7 @@ fn check(variant: &str, model: &Model) {
 
 #[test]
 fn mlx_lm_default_lora_without_keys_matches_mlx_lm() {
-    if !ft_config::testing::default_model_present(&ft_model::load::models_dir()) {
+    if ft_config::testing::default_model().is_none() {
         return;
     }
     check("lora", &fp32_default_model());
@@ -104,7 +104,7 @@ fn mlx_lm_default_lora_without_keys_matches_mlx_lm() {
 
 #[test]
 fn mlx_lm_dora_matches_mlx_lm() {
-    if !ft_config::testing::default_model_present(&ft_model::load::models_dir()) {
+    if ft_config::testing::default_model().is_none() {
         return;
     }
     check("dora", &fp32_default_model());
@@ -112,7 +112,7 @@ fn mlx_lm_dora_matches_mlx_lm() {
 
 #[test]
 fn mlx_lm_lora_on_a_quantized_base_matches_mlx_lm() {
-    if !ft_config::testing::default_model_present(&ft_model::load::models_dir()) {
+    if ft_config::testing::default_model().is_none() {
         return;
     }
     // mlx-lm multiplies with MLX's quantized kernel; on the CPU ft widens

@@ -81,3 +81,17 @@ fn gguf_exported_as_hf_directory_reloads_with_identical_logits() {
     };
     assert_eq!(logits(&model), logits(&reloaded));
 }
+
+/// The tests of crates below ft-model look for the default model through
+/// ft-config's copy of the location rule: it must be loading's.
+#[test]
+fn the_tests_look_for_the_default_model_where_loading_does() {
+    assert_eq!(
+        ft_config::testing::DEFAULT_MODEL_FILE,
+        ft_model::load::DEFAULT_MODEL_FILE
+    );
+    assert_eq!(
+        ft_config::testing::models_dir().canonicalize().ok(),
+        ft_model::load::models_dir().canonicalize().ok()
+    );
+}

@@ -16,23 +16,10 @@ pub fn fixture(name: &str) -> PathBuf {
     fixtures().join(name)
 }
 
-/// Where `cargo xtask setup` installs the built-in models: `$FT_MODELS_DIR`,
-/// else `<checkout>/.ft/models` (ft-model's `load::models_dir()`, which
-/// ft-data cannot depend on).
-pub fn models_dir() -> PathBuf {
-    std::env::var_os("FT_MODELS_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.ft/models"))
-}
-
 /// The default model's tokenizer, or `None` before `cargo xtask setup` has
 /// installed the model (a failure under CI, else a recorded skip).
 pub fn default_tokenizer() -> Option<ft_data::TextTokenizer> {
-    let models = models_dir();
-    if !ft_config::testing::default_model_present(&models) {
-        return None;
-    }
-    Some(ft_data::TextTokenizer::from_gguf(models.join("SmolLM2-135M-Instruct.Q4_1.gguf")).unwrap())
+    ft_config::testing::default_model().map(|gguf| ft_data::TextTokenizer::from_gguf(gguf).unwrap())
 }
 
 fn tool_works(name: &str) -> bool {
