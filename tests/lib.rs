@@ -1,1 +1,3 @@
 //! Cross-crate tests live in `tests/*.rs`.
+
+#![forbid(unsafe_code)]

@@ -3,6 +3,8 @@
 //! Turns the library crates' typed errors into one readable paragraph and an
 //! exit code: 0 ok, 1 user error or failed check, 2 internal error.
 
+#![forbid(unsafe_code)]
+
 mod bench;
 mod common;
 mod config_cmd;

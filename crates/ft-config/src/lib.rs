@@ -40,6 +40,8 @@
 //! # Ok::<(), ft_config::Error>(())
 //! ```
 
+#![forbid(unsafe_code)]
+
 #[macro_use]
 mod schema;
 mod config;

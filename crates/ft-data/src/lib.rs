@@ -11,6 +11,8 @@
 //! optimizers: batches are plain `Vec<Vec<u32>>` token ids with masks, and
 //! the trainer turns them into arrays.
 
+#![forbid(unsafe_code)]
+
 pub mod batch;
 pub mod dataset;
 pub mod diagnostic;

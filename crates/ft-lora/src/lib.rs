@@ -14,6 +14,8 @@
 //! closure) with the [`LoraLayout`] and plugs into the decoder as its
 //! [`ft_model::LinearAdapter`].
 
+#![forbid(unsafe_code)]
+
 pub mod adapter;
 pub mod error;
 pub mod files;

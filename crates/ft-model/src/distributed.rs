@@ -9,9 +9,9 @@
 //! `[["10.0.0.1:5000"], ["10.0.0.2:5000"]]`. [`Hostfile`] reads and checks it
 //! before MLX does, so a mistake is reported with the file and the entry.
 
+use crate::ffi::mlx::DistributedGroup;
 use crate::{Error, Result};
 use mlx_rs::Array;
-use std::ffi::CString;
 use std::path::{Path, PathBuf};
 
 /// Which MLX distributed backend to use.
@@ -33,9 +33,7 @@ impl Backend {
 
     /// Whether this MLX build ships the backend.
     pub fn is_available(self) -> bool {
-        let name = CString::new(self.name()).unwrap_or_default();
-        // SAFETY: a plain query with a valid NUL-terminated string.
-        unsafe { mlx_sys::mlx_distributed_is_available(name.as_ptr()) }
+        DistributedGroup::backend_available(self.name())
     }
 }
 
@@ -151,20 +149,9 @@ impl Hostfile {
 /// A group of processes that reduce arrays together.
 pub struct Group {
     /// None for a group of one process (nothing to exchange).
-    raw: Option<mlx_sys::mlx_distributed_group>,
+    raw: Option<DistributedGroup>,
     rank: usize,
     size: usize,
-}
-
-impl Drop for Group {
-    fn drop(&mut self) {
-        if let Some(raw) = self.raw {
-            // SAFETY: the handle came from mlx_distributed_init and is freed once.
-            unsafe {
-                mlx_sys::mlx_distributed_group_free(raw);
-            }
-        }
-    }
 }
 
 impl std::fmt::Debug for Group {
@@ -189,20 +176,13 @@ impl Group {
         }
         // mlx-rs installs its error handler (which records instead of exiting) on first use.
         mlx_rs::ops::zeros::<f32>(&[1])?.eval()?;
-        let name = CString::new(backend.name()).unwrap_or_default();
-        // SAFETY: FFI with a valid out-pointer and string; status checked.
-        let raw = unsafe {
-            let mut raw = mlx_sys::mlx_distributed_group_new();
-            if mlx_sys::mlx_distributed_init(&mut raw, true, name.as_ptr()) != 0 {
-                mlx_sys::mlx_distributed_group_free(raw);
-                return Err(Error::Distributed(format!(
-                    "MLX could not start the `{}` backend (are all ranks started with the same \
-                     hostfile, and are the addresses reachable?)",
-                    backend.name()
-                )));
-            }
-            raw
-        };
+        let raw = DistributedGroup::init(backend.name()).ok_or_else(|| {
+            Error::Distributed(format!(
+                "MLX could not start the `{}` backend (are all ranks started with the same \
+                 hostfile, and are the addresses reachable?)",
+                backend.name()
+            ))
+        })?;
         Ok(Self::from_raw(raw))
     }
 
@@ -216,14 +196,8 @@ impl Group {
         }
     }
 
-    fn from_raw(raw: mlx_sys::mlx_distributed_group) -> Self {
-        // SAFETY: queries on a valid group handle.
-        let (rank, size) = unsafe {
-            (
-                mlx_sys::mlx_distributed_group_rank(raw),
-                mlx_sys::mlx_distributed_group_size(raw),
-            )
-        };
+    fn from_raw(raw: DistributedGroup) -> Self {
+        let (rank, size) = raw.rank_and_size();
         Self {
             raw: Some(raw),
             rank: rank.max(0) as usize,
@@ -245,24 +219,15 @@ impl Group {
     /// the exchange happens when the result is evaluated). Runs on the CPU
     /// stream, which every backend supports.
     pub fn all_sum(&self, x: &Array) -> Result<Array> {
-        let Some(raw) = self.raw.filter(|_| self.size > 1) else {
+        let Some(raw) = self.raw.as_ref().filter(|_| self.size > 1) else {
             return Ok(x.clone());
         };
-        // SAFETY: FFI with valid handles; the result is owned by the Array.
-        unsafe {
-            let stream = mlx_sys::mlx_default_cpu_stream_new();
-            let mut result = mlx_sys::mlx_array_new();
-            let status = mlx_sys::mlx_distributed_all_sum(&mut result, x.as_ptr(), raw, stream);
-            mlx_sys::mlx_stream_free(stream);
-            if status != 0 {
-                mlx_sys::mlx_array_free(result);
-                return Err(Error::Distributed(format!(
-                    "all_sum of an array of shape {:?} failed",
-                    x.shape()
-                )));
-            }
-            Ok(Array::from_ptr(result))
-        }
+        raw.all_sum(x).ok_or_else(|| {
+            Error::Distributed(format!(
+                "all_sum of an array of shape {:?} failed",
+                x.shape()
+            ))
+        })
     }
 
     /// Sums each array over all ranks with one exchange: the arrays are

@@ -34,37 +34,8 @@ impl MatmulPath {
 
 /// `inputs` as MLX arrays that are computed only after `dependency`.
 fn depends(inputs: &[&Array], dependency: &Array) -> Result<Vec<Array>> {
-    let raw_inputs: Vec<mlx_sys::mlx_array> = inputs.iter().map(|a| a.as_ptr()).collect();
-    let raw_dependency = [dependency.as_ptr()];
-    // SAFETY: the vectors copy the array handles (reference counted by
-    // MLX); each vector is freed once, results are owned by new Arrays.
-    unsafe {
-        let input_vector =
-            mlx_sys::mlx_vector_array_new_data(raw_inputs.as_ptr(), raw_inputs.len());
-        let dependency_vector = mlx_sys::mlx_vector_array_new_data(raw_dependency.as_ptr(), 1);
-        let mut result = mlx_sys::mlx_vector_array_new();
-        let status = mlx_sys::mlx_depends(&mut result, input_vector, dependency_vector);
-        mlx_sys::mlx_vector_array_free(input_vector);
-        mlx_sys::mlx_vector_array_free(dependency_vector);
-        if status != 0 {
-            mlx_sys::mlx_vector_array_free(result);
-            return Err(crate::Error::InvalidRequest("mlx_depends failed".into()));
-        }
-        let mut arrays = Vec::with_capacity(inputs.len());
-        for index in 0..mlx_sys::mlx_vector_array_size(result) {
-            let mut array = mlx_sys::mlx_array_new();
-            if mlx_sys::mlx_vector_array_get(&mut array, result, index) != 0 {
-                mlx_sys::mlx_array_free(array);
-                mlx_sys::mlx_vector_array_free(result);
-                return Err(crate::Error::InvalidRequest(
-                    "mlx_depends: no result".into(),
-                ));
-            }
-            arrays.push(Array::from_ptr(array));
-        }
-        mlx_sys::mlx_vector_array_free(result);
-        Ok(arrays)
-    }
+    crate::ffi::mlx::depends(inputs, dependency)
+        .ok_or_else(|| crate::Error::InvalidRequest("mlx_depends failed".into()))
 }
 
 /// The fewest rows of `x` for which [`MatmulPath::ExpandToFloat32`] widens

@@ -11,13 +11,19 @@
 //! adapters (`ft-lora`, which plugs in through [`LinearAdapter`]) or
 //! training (`ft-trainer`).
 
+#![deny(unsafe_code)]
+
 pub mod config;
 pub mod disk_space;
 pub mod distributed;
 pub mod error;
 pub mod export;
 pub mod export_gguf;
+#[allow(unsafe_code)]
+mod ffi;
 pub mod generate;
+// Moves into `ffi` with the GGUF layer's rework.
+#[allow(unsafe_code)]
 pub mod gguf;
 pub mod grad_checkpoint;
 pub mod hub;

@@ -6,37 +6,23 @@ use crate::{Error, Result};
 use mlx_rs::{random, Array, Device, DeviceType};
 use serde::Serialize;
 use std::collections::BTreeMap;
-use std::ffi::{c_char, CStr, CString};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 /// Physical memory of the machine in bytes (`sysconf`, Linux and macOS).
 pub fn physical_memory() -> Option<u64> {
-    // SAFETY: sysconf has no preconditions.
-    let (pages, page_size) = unsafe {
-        (
-            libc::sysconf(libc::_SC_PHYS_PAGES),
-            libc::sysconf(libc::_SC_PAGESIZE),
-        )
-    };
-    (pages > 0 && page_size > 0).then(|| pages as u64 * page_size as u64)
+    crate::ffi::os::physical_memory()
+}
+
+/// CPU time of this process so far (all threads, user and system): less
+/// sensitive to other work on the machine than wall time.
+pub fn process_cpu_time() -> Duration {
+    crate::ffi::os::process_cpu_time()
 }
 
 /// The MLX version libmlx reports, e.g. `0.32.2`.
 pub fn mlx_version() -> String {
-    // SAFETY: mlx_version writes an owned mlx_string that we read and free.
-    unsafe {
-        let mut version = mlx_sys::mlx_string_new();
-        mlx_sys::mlx_version(&mut version);
-        let data = mlx_sys::mlx_string_data(version);
-        let text = if data.is_null() {
-            String::from("unknown")
-        } else {
-            CStr::from_ptr(data).to_string_lossy().into_owned()
-        };
-        mlx_sys::mlx_string_free(version);
-        text
-    }
+    crate::ffi::mlx::version()
 }
 
 /// `cpu` or `gpu`: where MLX runs operations by default.
@@ -50,14 +36,7 @@ pub fn default_device() -> Result<&'static str> {
 
 /// Whether MLX has a GPU backend here (Metal on a Mac, CUDA when built for it).
 pub fn gpu_available() -> bool {
-    // SAFETY: plain FFI; the device handle is freed before returning.
-    unsafe {
-        let device = mlx_sys::mlx_device_new_type(mlx_sys::mlx_device_type__MLX_GPU, 0);
-        let mut available = false;
-        let status = mlx_sys::mlx_device_is_available(&mut available, device);
-        mlx_sys::mlx_device_free(device);
-        status == 0 && available
-    }
+    crate::ffi::mlx::gpu_available()
 }
 
 /// One value of MLX's `device_info`.
@@ -83,50 +62,7 @@ pub fn gpu_info() -> Result<Option<BTreeMap<String, DeviceInfoValue>>> {
         expected: "MLX's device_info for gpu:0".into(),
         got: format!("{what} failed"),
     };
-    let mut values = BTreeMap::new();
-    // SAFETY: FFI over handles created and freed here; strings copied before free.
-    unsafe {
-        let device = mlx_sys::mlx_device_new_type(mlx_sys::mlx_device_type__MLX_GPU, 0);
-        let mut info = mlx_sys::mlx_device_info_new();
-        let mut keys = mlx_sys::mlx_vector_string_new();
-        let release = |info, keys, device| {
-            mlx_sys::mlx_vector_string_free(keys);
-            mlx_sys::mlx_device_info_free(info);
-            mlx_sys::mlx_device_free(device);
-        };
-        if mlx_sys::mlx_device_info_get(&mut info, device) != 0
-            || mlx_sys::mlx_device_info_get_keys(&mut keys, info) != 0
-        {
-            release(info, keys, device);
-            return Err(failed("mlx_device_info_get"));
-        }
-        for index in 0..mlx_sys::mlx_vector_string_size(keys) {
-            let mut raw: *mut c_char = std::ptr::null_mut();
-            if mlx_sys::mlx_vector_string_get(&mut raw, keys, index) != 0 || raw.is_null() {
-                continue;
-            }
-            let key = CStr::from_ptr(raw).to_string_lossy().into_owned();
-            let mut is_string = false;
-            if mlx_sys::mlx_device_info_is_string(&mut is_string, info, raw) != 0 {
-                continue;
-            }
-            if is_string {
-                let mut text: *const c_char = std::ptr::null();
-                if mlx_sys::mlx_device_info_get_string(&mut text, info, raw) == 0 && !text.is_null()
-                {
-                    let value = CStr::from_ptr(text).to_string_lossy().into_owned();
-                    values.insert(key, DeviceInfoValue::Text(value));
-                }
-            } else {
-                let mut size: usize = 0;
-                if mlx_sys::mlx_device_info_get_size(&mut size, info, raw) == 0 {
-                    values.insert(key, DeviceInfoValue::Size(size as u64));
-                }
-            }
-        }
-        release(info, keys, device);
-    }
-    Ok(Some(values))
+    crate::ffi::mlx::gpu_device_info().map(Some).map_err(failed)
 }
 
 /// The GPU's recommended working set in bytes (Metal), if MLX reports one.
@@ -251,14 +187,12 @@ pub struct BlasBinding {
 
 /// Looks the BLAS up in the running process with `dlsym`/`dladdr`.
 pub fn blas_binding() -> BlasBinding {
+    use crate::ffi::os::{call_string_getter, library_defining};
     let sgemm_library = library_defining("cblas_sgemm");
     let backend_library = library_defining("scipy_cblas_sgemm");
-    let openblas_config = ["openblas_get_config", "scipy_openblas_get_config"]
-        .iter()
-        .find_map(|symbol| call_string_getter(symbol));
-    let openblas_core = ["openblas_get_corename", "scipy_openblas_get_corename"]
-        .iter()
-        .find_map(|symbol| call_string_getter(symbol));
+    let openblas_config = call_string_getter(&["openblas_get_config", "scipy_openblas_get_config"]);
+    let openblas_core =
+        call_string_getter(&["openblas_get_corename", "scipy_openblas_get_corename"]);
     let worker = backend_library
         .as_deref()
         .or(sgemm_library.as_deref())
@@ -297,60 +231,16 @@ pub fn blas_binding() -> BlasBinding {
 
 /// Threads OpenBLAS uses for one call, when OpenBLAS is the BLAS.
 pub fn blas_threads() -> Option<i32> {
-    let address = ["openblas_get_num_threads", "scipy_openblas_get_num_threads"]
-        .iter()
-        .find_map(|symbol| symbol_address(symbol))?;
-    // SAFETY: OpenBLAS's `*_get_num_threads` takes no arguments, returns an int.
-    let getter: extern "C" fn() -> libc::c_int = unsafe { std::mem::transmute(address) };
-    Some(getter())
+    crate::ffi::os::call_int_getter(&["openblas_get_num_threads", "scipy_openblas_get_num_threads"])
 }
 
 /// Sets the threads OpenBLAS uses for one call; `false` when the BLAS is not
 /// OpenBLAS (Accelerate and others manage their own threads).
 pub fn set_blas_threads(threads: i32) -> bool {
-    let Some(address) = ["openblas_set_num_threads", "scipy_openblas_set_num_threads"]
-        .iter()
-        .find_map(|symbol| symbol_address(symbol))
-    else {
-        return false;
-    };
-    // SAFETY: OpenBLAS's `*_set_num_threads` takes one int and returns nothing.
-    let setter: extern "C" fn(libc::c_int) = unsafe { std::mem::transmute(address) };
-    setter(threads.max(1));
-    true
-}
-
-fn symbol_address(symbol: &str) -> Option<*mut libc::c_void> {
-    let name = CString::new(symbol).ok()?;
-    // SAFETY: dlsym with RTLD_DEFAULT searches the global scope; no unload.
-    let address = unsafe { libc::dlsym(libc::RTLD_DEFAULT, name.as_ptr()) };
-    (!address.is_null()).then_some(address)
-}
-
-fn library_defining(symbol: &str) -> Option<String> {
-    let address = symbol_address(symbol)?;
-    // SAFETY: dladdr fills `info` for an address inside a loaded object.
-    unsafe {
-        let mut info: libc::Dl_info = std::mem::zeroed();
-        if libc::dladdr(address, &mut info) == 0 || info.dli_fname.is_null() {
-            return None;
-        }
-        let path = CStr::from_ptr(info.dli_fname)
-            .to_string_lossy()
-            .into_owned();
-        Some(std::fs::canonicalize(&path).map_or(path, |p| p.display().to_string()))
-    }
-}
-
-fn call_string_getter(symbol: &str) -> Option<String> {
-    let address = symbol_address(symbol)?;
-    // SAFETY: OpenBLAS's `*_get_config` / `*_get_corename` take no arguments
-    // and return a static NUL-terminated string.
-    unsafe {
-        let getter: extern "C" fn() -> *const c_char = std::mem::transmute(address);
-        let text = getter();
-        (!text.is_null()).then(|| CStr::from_ptr(text).to_string_lossy().trim().to_string())
-    }
+    crate::ffi::os::call_int_setter(
+        &["openblas_set_num_threads", "scipy_openblas_set_num_threads"],
+        threads.max(1),
+    )
 }
 
 /// A timed fp32 square matrix product.

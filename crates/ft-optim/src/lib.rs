@@ -8,6 +8,8 @@
 //! works on parameter and gradient arrays only, in a fixed order the caller
 //! owns.
 
+#![forbid(unsafe_code)]
+
 pub mod accumulate;
 pub mod clip;
 pub mod error;

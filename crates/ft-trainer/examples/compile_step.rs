@@ -811,14 +811,7 @@ fn shapeless(model: &Model, layout: &LoraLayout, params: &[Array]) -> Res<()> {
 /// CPU time of the process (all threads, user + system), ms: less
 /// sensitive to other work on the machine than wall time.
 fn cpu_ms() -> f64 {
-    // SAFETY: getrusage only writes the struct it is given.
-    let usage = unsafe {
-        let mut usage: libc::rusage = std::mem::zeroed();
-        libc::getrusage(libc::RUSAGE_SELF, &mut usage);
-        usage
-    };
-    let ms = |t: libc::timeval| t.tv_sec as f64 * 1e3 + t.tv_usec as f64 / 1e3;
-    ms(usage.ru_utime) + ms(usage.ru_stime)
+    ft_model::runtime::process_cpu_time().as_secs_f64() * 1e3
 }
 
 fn rel(a: f32, b: f32) -> f32 {
