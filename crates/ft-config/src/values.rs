@@ -98,7 +98,8 @@ string_enum! {
         PromptCompletion = "prompt_completion",
         /// `{"text"}`.
         Text = "text",
-        /// `{"prompt", "chosen", "rejected"}`.
+        /// `{"prompt", "completion", "label"}` (KTO-style; ft-data's
+        /// `Format` owns the fields, a test there holds this list to it).
         Preference = "preference",
     }
 }

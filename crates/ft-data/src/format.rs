@@ -550,6 +550,39 @@ fn check_role_order(roles: &[Option<Role>], sink: &mut LineSink<'_>) {
 mod tests {
     use super::*;
 
+    /// ft-config names the formats a config may choose and documents their
+    /// fields; the formats and their fields are this module's. They stay one.
+    #[test]
+    fn the_config_formats_are_these_formats() {
+        let formats = [
+            Format::Chat,
+            Format::PromptCompletion,
+            Format::Text,
+            Format::Preference,
+        ];
+        let names: Vec<&str> = ft_config::DataFormat::NAMES
+            .iter()
+            .copied()
+            .filter(|name| *name != "auto")
+            .collect();
+        let ours: Vec<&str> = formats.iter().map(|format| format.name()).collect();
+        assert_eq!(names, ours);
+        let config_source = include_str!("../../ft-config/src/values.rs");
+        for format in formats {
+            assert_eq!(format.name().parse::<Format>().unwrap(), format);
+            let fields = format
+                .fields()
+                .iter()
+                .map(|field| format!("\"{field}\""))
+                .collect::<Vec<_>>()
+                .join(", ");
+            assert!(
+                config_source.contains(&format!("`{{{fields}")),
+                "ft-config's DataFormat docs should list {fields} for {format}"
+            );
+        }
+    }
+
     fn check(json: &str, format: Format) -> ObjectCheck {
         let Value::Object(o) = serde_json::from_str(json).unwrap() else {
             panic!("not an object")
