@@ -19,14 +19,20 @@
 
 #![forbid(unsafe_code)]
 
+mod builder;
 pub mod checkpoint;
 pub mod data_options;
 pub mod disk;
+mod early_stop;
 pub mod error;
+mod evaluate;
 pub mod loss;
 pub mod memory;
 pub mod metrics;
 pub mod parallel;
+mod run;
+mod step;
+mod train_loop;
 pub mod trainer;
 
 pub use checkpoint::TrainerState;

@@ -1,6 +1,6 @@
 //! The training engine on a tiny random model with the default model's
 //! tokenizer: overfitting, finite differences, accumulation, resume,
-//! non-finite handling.
+//! non-finite handling, early stopping.
 
 use ft_config::NonFinitePolicy;
 mod common;
@@ -11,7 +11,8 @@ use ft_model::Projection;
 use ft_trainer::loss::BatchArrays;
 use ft_trainer::parallel::Workers;
 use ft_trainer::{
-    loss_and_grads, Callbacks, Control, NoCallbacks, StepMetrics, TrainError, Trainer,
+    loss_and_grads, Callbacks, Control, MetricsRecord, NoCallbacks, StepMetrics, StopCause,
+    TrainError, Trainer,
 };
 use mlx_rs::Array;
 
@@ -313,4 +314,42 @@ fn gradient_checkpointing_changes_memory_not_results() {
             "adapter differs by {diff:?}"
         );
     }
+}
+
+#[test]
+fn early_stopping_ends_the_run_once_patience_runs_out() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = config(dir.path(), 40);
+    config.training.eval_every = 1;
+    config.training.early_stopping_patience = Some(2);
+    // No loss can beat the first by this much: every later evaluation counts
+    // against the patience, so the run stops at the third.
+    config.training.early_stopping_min_delta = 1e6;
+    let mut trainer = Trainer::with_model(config, model(9), tokenizer()).expect("trainer");
+    let summary = trainer.train(&mut NoCallbacks).expect("train");
+    assert_eq!(summary.stop, StopCause::EarlyStopping, "{summary:?}");
+    assert_eq!(summary.steps, 3);
+    assert_eq!(trainer.state().evals_without_improvement, 2);
+    let run = dir.path().join("run");
+    let evals: Vec<_> = ft_trainer::metrics::read_metrics(&run.join("metrics.jsonl"))
+        .expect("metrics")
+        .into_iter()
+        .filter_map(|record| match record {
+            MetricsRecord::Eval(eval) => Some(eval),
+            MetricsRecord::Train(_) => None,
+        })
+        .collect();
+    let seen: Vec<_> = evals.iter().map(|e| (e.step, e.improved)).collect();
+    assert_eq!(seen, [(1, true), (2, false), (3, false)]);
+    // Read back from JSON, the loss may differ in its last bit.
+    let best = summary.best_val_loss.expect("a best loss");
+    assert!(
+        (best - evals[0].loss).abs() < 1e-9,
+        "{best} vs {}",
+        evals[0].loss
+    );
+    assert_eq!(summary.last_eval.map(|e| e.step), Some(3));
+    assert!(run.join("best-adapter/adapters.safetensors").is_file());
+    let last = summary.last_checkpoint.expect("a final checkpoint");
+    assert!(last.ends_with("step-000003"), "{}", last.display());
 }
