@@ -23,41 +23,15 @@ const DEFAULT_BUDGET_S: f64 = 30.0;
 /// The model whose tokenizer is used.
 const MODEL: &str = "smollm2-135m-instruct";
 
-struct Options {
+/// Options of `cargo xtask bench data`.
+#[derive(Debug, clap::Args)]
+pub struct Options {
+    /// Lines in the generated chat file
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_LINES, value_parser = crate::cli::at_least(1))]
     lines: usize,
+    /// Fail when validating the file takes longer than this many seconds
+    #[arg(long = "budget-s", value_name = "S", default_value_t = DEFAULT_BUDGET_S)]
     budget_s: f64,
-}
-
-impl Options {
-    fn parse(args: &[String]) -> Result<Self> {
-        let mut options = Options {
-            lines: DEFAULT_LINES,
-            budget_s: DEFAULT_BUDGET_S,
-        };
-        let mut args = args.iter();
-        while let Some(flag) = args.next() {
-            let value = args
-                .next()
-                .with_context(|| format!("{flag} needs a value"))?;
-            match flag.as_str() {
-                "--lines" => {
-                    options.lines = value
-                        .parse()
-                        .with_context(|| format!("--lines {value}: not a count"))?
-                }
-                "--budget-s" => {
-                    options.budget_s = value
-                        .parse()
-                        .with_context(|| format!("--budget-s {value}: not a number"))?
-                }
-                other => bail!("unknown option {other} (expected --lines N or --budget-s S)"),
-            }
-        }
-        if options.lines == 0 {
-            bail!("--lines must be at least 1");
-        }
-        Ok(options)
-    }
 }
 
 /// A clean chat data set: every line valid and unique; one in three
@@ -104,8 +78,7 @@ fn json_number(json: &str, key: &str) -> Option<f64> {
 }
 
 /// Runs the benchmark.
-pub fn run(root: &Path, args: &[String]) -> Result<()> {
-    let options = Options::parse(args)?;
+pub fn run(root: &Path, options: Options) -> Result<()> {
     let dir = root.join("target/bench-data");
     let file: PathBuf = dir.join(format!("chat-{}.jsonl", options.lines));
     if !file.is_file() {

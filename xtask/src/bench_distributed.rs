@@ -43,12 +43,16 @@ fn read_run(run_dir: &Path) -> Result<Run> {
     })
 }
 
-pub fn run(root: &Path, args: &[String]) -> Result<()> {
-    let steps: u32 = match args {
-        [] => 12,
-        [flag, value] if flag == "--steps" => value.parse().context("--steps")?,
-        _ => bail!("usage: cargo xtask bench distributed [--steps N]"),
-    };
+/// Options of `cargo xtask bench distributed`.
+#[derive(Debug, clap::Args)]
+pub struct Options {
+    /// Training steps of each run
+    #[arg(long, value_name = "N", default_value_t = 12)]
+    steps: u32,
+}
+
+pub fn run(root: &Path, options: Options) -> Result<()> {
+    let steps = options.steps;
     let ft = reference::build_ft(root)?;
     let out = root.join("target/bench-distributed");
     if out.exists() {

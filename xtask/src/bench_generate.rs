@@ -12,47 +12,23 @@
 //! agree.
 
 use crate::{python, reference, setup, shell};
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use std::path::Path;
 use std::process::Command;
 
-/// Options of `bench generate`.
-struct Options {
+/// Options of `cargo xtask bench generate`.
+#[derive(Debug, clap::Args)]
+pub struct Options {
+    /// Tokens generated per run (no stop token)
+    #[arg(long = "max-tokens", value_name = "N", default_value_t = 128, value_parser = crate::cli::at_least(2))]
     max_tokens: usize,
+    /// Rounds, each running both sides as separate processes (the first
+    /// side alternates)
+    #[arg(long, value_name = "N", default_value_t = 4, value_parser = crate::cli::at_least(1))]
     rounds: usize,
+    /// Timed runs per side and round, after one untimed warm-up
+    #[arg(long, value_name = "N", default_value_t = 2, value_parser = crate::cli::at_least(1))]
     repeats: usize,
-}
-
-impl Options {
-    fn parse(args: &[String]) -> Result<Self> {
-        let mut options = Self {
-            max_tokens: 128,
-            rounds: 4,
-            repeats: 2,
-        };
-        let mut args = args.iter();
-        while let Some(arg) = args.next() {
-            let mut value = || -> Result<usize> {
-                let text = args
-                    .next()
-                    .with_context(|| format!("{arg} needs a value"))?;
-                text.parse()
-                    .with_context(|| format!("{arg}: `{text}` is not a whole number"))
-            };
-            match arg.as_str() {
-                "--max-tokens" => options.max_tokens = value()?,
-                "--rounds" => options.rounds = value()?,
-                "--repeats" => options.repeats = value()?,
-                other => bail!(
-                    "unknown option `{other}`: bench generate [--max-tokens N] [--rounds N] [--repeats N]"
-                ),
-            }
-        }
-        if options.max_tokens < 2 || options.rounds == 0 || options.repeats == 0 {
-            bail!("--max-tokens must be at least 2, --rounds and --repeats at least 1");
-        }
-        Ok(options)
-    }
 }
 
 /// One timed generation.
@@ -77,9 +53,8 @@ impl Run {
 }
 
 /// Runs the benchmark and prints its table.
-pub fn run(root: &Path, args: &[String]) -> Result<()> {
-    let options = Options::parse(args)?;
-    setup::run(root, setup::Options::parse(&[])?)?;
+pub fn run(root: &Path, options: Options) -> Result<()> {
+    setup::run(root, setup::Options::default())?;
     let venv = python::reference_venv(root)?;
     let ft = reference::build_ft(root)?;
     let model = reference::f32_default_model(root, &ft)?;

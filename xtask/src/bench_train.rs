@@ -1,14 +1,23 @@
-//! `cargo xtask bench train`: LoRA training speed, memory and loss against
-//! mlx-lm's `lora` trainer, on the same fp32 model, data and settings.
+//! `cargo xtask bench train`: LoRA training speed, memory and loss of
+//! `ft train` against mlx-lm's `lora` trainer, on the same fp32 model, data
+//! and settings.
 //!
 //! The mlx-lm side ([`mlx_lm_reference`]) writes a config YAML (so that
 //! `lora_parameters` — rank, scale = alpha / rank, dropout — can be set) and
 //! runs mlx-lm's own `lora` entry point in the reference venv through the
 //! helper's `lora` subcommand, which prints each of mlx-lm's trainer reports
-//! as a JSON line. Every step is reported; the first (warm-up) step is left
-//! out of the speed. Our side is a second [`TrainRun`] row once ft-trainer
-//! exists; `--reference-only` runs the mlx-lm row alone.
+//! as a JSON line. Our side ([`ft_run`]) runs `ft train` with the same
+//! settings and reads its `metrics.jsonl`. Every step is reported; the first
+//! (warm-up) step is left out of the speed.
+//!
+//! One run per side swings by more than the margin over the target on a
+//! shared machine, so the sides run interleaved for `--rounds` rounds (3 by
+//! default), alternating which goes first; the summary is the median of the
+//! per-round ratios with their min and max, and a warning where another
+//! process competed for the CPU ([`crate::machine`]). `--reference-only`
+//! runs the mlx-lm side alone.
 
+use crate::machine::{self, RunUse};
 use crate::{python, reference, setup, shell};
 use anyhow::{bail, Context, Result};
 use std::fs;
@@ -25,6 +34,31 @@ fn quoted(path: &Path) -> Result<String> {
             .replace('\\', "\\\\")
             .replace('"', "\\\"")
     ))
+}
+
+/// Optimizer steps per run unless `--iters` says otherwise.
+pub const DEFAULT_ITERS: usize = 20;
+/// The two sides as the tables name them.
+const REFERENCE_NAME: &str = "mlx-lm 0.32.2";
+const OURS_NAME: &str = "mlx-ft";
+
+/// Options of `cargo xtask bench train`.
+#[derive(Debug, clap::Args)]
+pub struct Options {
+    /// Run the mlx-lm side alone (no `ft train`)
+    #[arg(long = "reference-only")]
+    pub(crate) reference_only: bool,
+    /// Optimizer steps per run (the first, warm-up step is not timed)
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_ITERS, value_parser = crate::cli::at_least(2))]
+    pub(crate) iters: usize,
+    /// Folder with train.jsonl and valid.jsonl (chat format)
+    /// [default: examples/data/demo]
+    #[arg(long, value_name = "DIR")]
+    pub(crate) data: Option<PathBuf>,
+    /// Rounds, each running both sides once, one after the other, alternating
+    /// which goes first; the summary is the median with min and max
+    #[arg(long, value_name = "N", default_value_t = 3, value_parser = crate::cli::at_least(1))]
+    pub(crate) rounds: usize,
 }
 
 /// Steps averaged into [`TrainRun::final_loss`].
@@ -91,7 +125,7 @@ impl TrainSpec {
             num_layers: 16,
             batch_size: 4,
             max_seq_length: 512,
-            iters: 20,
+            iters: DEFAULT_ITERS,
             learning_rate: 2e-4,
             val_batches: 4,
             mask_prompt: true,
@@ -221,35 +255,6 @@ fn parse_reports(out: &str) -> Result<TrainRun> {
     })
 }
 
-/// Prints runs as a table; rows after the first get ratios to the first.
-pub fn print_table(rows: &[(&str, &TrainRun)]) {
-    println!("| trainer | trained tokens/s | peak memory | final train loss | val loss | steps |");
-    println!("| --- | --- | --- | --- | --- | --- |");
-    let Some((_, base)) = rows.first() else {
-        return;
-    };
-    for (index, (name, run)) in rows.iter().enumerate() {
-        let ratio = |ours: f64, theirs: f64| {
-            if index == 0 {
-                String::new()
-            } else {
-                format!(" ({:.2}x)", ours / theirs)
-            }
-        };
-        println!(
-            "| {name} | {:.1}{} | {:.0} MB{} | {:.3} | {} | {} |",
-            run.tokens_per_second,
-            ratio(run.tokens_per_second, base.tokens_per_second),
-            run.peak_memory_bytes as f64 / 1e6,
-            ratio(run.peak_memory_bytes as f64, base.peak_memory_bytes as f64),
-            run.final_loss,
-            run.validation_loss
-                .map_or_else(|| "-".to_string(), |loss| format!("{loss:.3}")),
-            run.steps
-        );
-    }
-}
-
 /// Runs `ft train` on `spec` with the same settings as the mlx-lm run
 /// (constant learning rate, no warmup, validation at the end); its run
 /// directory is `work` (recreated). Tokens per second count the loss
@@ -331,33 +336,199 @@ pub fn ft_run(root: &Path, ft: &Path, spec: &TrainSpec, work: &Path) -> Result<T
     })
 }
 
-/// `cargo xtask bench train [--reference-only] [--iters N] [--data DIR]`.
-pub fn run(root: &Path, args: &[String]) -> Result<()> {
-    let mut reference_only = false;
-    let mut iters = None;
-    let mut data = None;
-    let mut args = args.iter();
-    while let Some(arg) = args.next() {
-        match arg.as_str() {
-            "--reference-only" => reference_only = true,
-            "--iters" => {
-                let text = args.next().context("--iters needs a value")?;
-                iters = Some(
-                    text.parse()
-                        .with_context(|| format!("--iters: `{text}` is not a whole number"))?,
-                );
-            }
-            "--data" => data = Some(PathBuf::from(args.next().context("--data needs a folder")?)),
-            other => bail!(
-                "unknown option `{other}`: bench train [--reference-only] [--iters N] [--data DIR]"
+/// One side's run in one round: its figures and what the machine did.
+#[derive(Clone, Debug)]
+struct Measured {
+    run: TrainRun,
+    usage: RunUse,
+}
+
+/// One round: both sides, one after the other (no `ours` with
+/// `--reference-only`).
+#[derive(Clone, Debug)]
+struct Round {
+    ours_first: bool,
+    reference: Measured,
+    ours: Option<Measured>,
+}
+
+/// The median and range of one figure over the rounds.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Spread {
+    pub median: f64,
+    pub min: f64,
+    pub max: f64,
+}
+
+impl Spread {
+    /// Of the values that are numbers (NaN left out); `None` if none is.
+    /// An even count's median is the mean of the middle two.
+    pub fn of(values: impl IntoIterator<Item = f64>) -> Option<Self> {
+        let mut values: Vec<f64> = values.into_iter().filter(|v| !v.is_nan()).collect();
+        values.sort_by(f64::total_cmp);
+        let (min, max) = (*values.first()?, *values.last()?);
+        let middle = values.len() / 2;
+        let median = if values.len() % 2 == 1 {
+            values[middle]
+        } else {
+            (values[middle - 1] + values[middle]) / 2.0
+        };
+        Some(Self { median, min, max })
+    }
+
+    /// `median (min .., max ..)`, each value written by `write`.
+    pub fn show(&self, write: impl Fn(f64) -> String) -> String {
+        format!(
+            "{} (min {}, max {})",
+            write(self.median),
+            write(self.min),
+            write(self.max)
+        )
+    }
+}
+
+/// Ours against the reference over the rounds, from the per-round pairs:
+/// ratios of tokens/s and of peak memory, relative differences of the final
+/// training loss and of the validation loss.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Comparison {
+    pub tokens_per_second: Spread,
+    pub peak_memory: Spread,
+    pub final_loss: Option<Spread>,
+    pub validation_loss: Option<Spread>,
+}
+
+impl Comparison {
+    /// From `(reference, ours)` pairs, one per round; `None` without any.
+    pub fn of(pairs: &[(&TrainRun, &TrainRun)]) -> Option<Self> {
+        Some(Self {
+            tokens_per_second: Spread::of(
+                pairs
+                    .iter()
+                    .map(|(theirs, ours)| ours.tokens_per_second / theirs.tokens_per_second),
+            )?,
+            peak_memory: Spread::of(pairs.iter().map(|(theirs, ours)| {
+                ours.peak_memory_bytes as f64 / theirs.peak_memory_bytes.max(1) as f64
+            }))?,
+            final_loss: Spread::of(
+                pairs
+                    .iter()
+                    .map(|(theirs, ours)| ours.final_loss / theirs.final_loss - 1.0),
             ),
+            validation_loss: Spread::of(pairs.iter().filter_map(|(theirs, ours)| {
+                Some(ours.validation_loss? / theirs.validation_loss? - 1.0)
+            })),
+        })
+    }
+}
+
+/// Each figure's median over `runs` (the step count of the first run);
+/// `None` without runs.
+pub fn median_run(runs: &[&TrainRun]) -> Option<TrainRun> {
+    let median =
+        |pick: fn(&TrainRun) -> f64| Spread::of(runs.iter().map(|run| pick(run))).map(|s| s.median);
+    Some(TrainRun {
+        tokens_per_second: median(|run| run.tokens_per_second)?,
+        peak_memory_bytes: median(|run| run.peak_memory_bytes as f64)? as u64,
+        final_loss: median(|run| run.final_loss).unwrap_or(f64::NAN),
+        steps: runs.first()?.steps,
+        validation_loss: Spread::of(runs.iter().filter_map(|run| run.validation_loss))
+            .map(|s| s.median),
+    })
+}
+
+fn megabytes(bytes: u64) -> String {
+    format!("{:.0} MB", bytes as f64 / 1e6)
+}
+
+fn loss(value: Option<f64>) -> String {
+    value.map_or_else(|| "-".to_string(), |loss| format!("{loss:.3}"))
+}
+
+fn ratio(value: f64) -> String {
+    format!("{value:.2}x")
+}
+
+fn percent(value: f64) -> String {
+    format!("{:+.1}%", 100.0 * value)
+}
+
+fn table_row(cells: &[String]) {
+    println!("| {} |", cells.join(" | "));
+}
+
+/// Every run of every round, in the order the rounds ran.
+fn print_rounds(rounds: &[Round]) {
+    println!(
+        "| round | trainer | ran | trained tokens/s | peak memory | final train loss | val loss \
+         | steps | wall | CPU cores ours / others |"
+    );
+    println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
+    for (index, round) in rounds.iter().enumerate() {
+        let mut sides = vec![(REFERENCE_NAME, &round.reference, !round.ours_first)];
+        if let Some(ours) = &round.ours {
+            sides.push((OURS_NAME, ours, round.ours_first));
+        }
+        for (name, side, first) in sides {
+            let cpu = side.usage.cpu.map_or_else(
+                || "-".to_string(),
+                |cpu| format!("{:.2} / {:.2} of {}", cpu.ours, cpu.others, cpu.cpus),
+            );
+            table_row(&[
+                (index + 1).to_string(),
+                name.to_string(),
+                if first { "1st" } else { "2nd" }.to_string(),
+                format!("{:.1}", side.run.tokens_per_second),
+                megabytes(side.run.peak_memory_bytes),
+                format!("{:.3}", side.run.final_loss),
+                loss(side.run.validation_loss),
+                side.run.steps.to_string(),
+                format!("{:.0} s", side.usage.wall_seconds),
+                cpu,
+            ]);
         }
     }
-    setup::run(root, setup::Options::parse(&[])?)?;
+}
+
+/// Each side's medians; ours with the median of the per-round ratios.
+fn print_medians(reference: &TrainRun, ours: Option<(&TrainRun, &Comparison)>) {
+    println!("| trainer | trained tokens/s | peak memory | final train loss | val loss | steps |");
+    println!("| --- | --- | --- | --- | --- | --- |");
+    let mut rows = vec![(REFERENCE_NAME, reference, None)];
+    if let Some((run, comparison)) = ours {
+        rows.push((OURS_NAME, run, Some(comparison)));
+    }
+    for (name, run, comparison) in rows {
+        let with_ratio = |text: String, spread: Option<Spread>| match spread {
+            Some(spread) => format!("{text} ({})", ratio(spread.median)),
+            None => text,
+        };
+        table_row(&[
+            name.to_string(),
+            with_ratio(
+                format!("{:.1}", run.tokens_per_second),
+                comparison.map(|c| c.tokens_per_second),
+            ),
+            with_ratio(
+                megabytes(run.peak_memory_bytes),
+                comparison.map(|c| c.peak_memory),
+            ),
+            format!("{:.3}", run.final_loss),
+            loss(run.validation_loss),
+            run.steps.to_string(),
+        ]);
+    }
+}
+
+/// Runs the benchmark: `--rounds` interleaved rounds, then the table of
+/// every run, the medians, the ratios' medians with min and max, and
+/// whether the machine was quiet.
+pub fn run(root: &Path, options: Options) -> Result<()> {
+    setup::run(root, setup::Options::default())?;
     let venv = python::reference_venv(root)?;
     let ft = reference::build_ft(root)?;
     let model = reference::f32_default_model(root, &ft)?;
-    let data_dir = data.unwrap_or_else(|| root.join(DEMO_DATA));
+    let data_dir = options.data.clone().unwrap_or_else(|| root.join(DEMO_DATA));
     for file in ["train.jsonl", "valid.jsonl"] {
         if !data_dir.join(file).is_file() {
             bail!(
@@ -367,13 +538,74 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
         }
     }
     let mut spec = TrainSpec::standard(model, data_dir);
-    if let Some(iters) = iters {
-        spec.iters = iters;
+    spec.iters = options.iters;
+
+    let cores = machine::cores();
+    let load_at_start = shell::load_average().ok();
+    let mut rounds: Vec<Round> = Vec::with_capacity(options.rounds);
+    for number in 1..=options.rounds {
+        // Odd rounds start with ours, even rounds with mlx-lm: a machine
+        // that warms up or slows down over time favours neither side.
+        let ours_first = !options.reference_only && number % 2 == 1;
+        shell::step(&format!(
+            "round {number}/{}: {} first",
+            options.rounds,
+            if ours_first {
+                OURS_NAME
+            } else {
+                REFERENCE_NAME
+            }
+        ));
+        let dir = root.join(format!("target/bench-train/round-{number}"));
+        let reference_side = || -> Result<Measured> {
+            let (run, usage) =
+                machine::measure(|| mlx_lm_reference(root, &venv, &spec, &dir.join("mlx-lm")))?;
+            Ok(Measured { run, usage })
+        };
+        let ours_side = || -> Result<Measured> {
+            let (run, usage) = machine::measure(|| ft_run(root, &ft, &spec, &dir.join("ft")))?;
+            Ok(Measured { run, usage })
+        };
+        let round = if options.reference_only {
+            Round {
+                ours_first,
+                reference: reference_side()?,
+                ours: None,
+            }
+        } else if ours_first {
+            let ours = ours_side()?;
+            Round {
+                ours_first,
+                reference: reference_side()?,
+                ours: Some(ours),
+            }
+        } else {
+            let reference = reference_side()?;
+            Round {
+                ours_first,
+                reference,
+                ours: Some(ours_side()?),
+            }
+        };
+        let mut line = format!(
+            "round {number}: {REFERENCE_NAME} {:.1} tokens/s",
+            round.reference.run.tokens_per_second
+        );
+        if let Some(ours) = &round.ours {
+            line += &format!(
+                ", {OURS_NAME} {:.1} tokens/s ({})",
+                ours.run.tokens_per_second,
+                ratio(ours.run.tokens_per_second / round.reference.run.tokens_per_second)
+            );
+        }
+        eprintln!("{line}");
+        rounds.push(round);
     }
-    let work = root.join("target/bench-train/mlx-lm");
-    let reference = mlx_lm_reference(root, &venv, &spec, &work)?;
+    let load_at_end = shell::load_average().ok();
+
     println!(
-        "\nLoRA training, {} fp32, rank {} (alpha {}), {} layers, batch {}, max_seq_length {}, lr {:e}, {} steps",
+        "\nLoRA training, {} fp32, rank {} (alpha {}), {} layers, batch {}, max_seq_length {}, \
+         lr {:e}, {} steps; {} round(s), {}",
         reference::DEFAULT_MODEL,
         spec.rank,
         spec.alpha,
@@ -381,21 +613,111 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
         spec.batch_size,
         spec.max_seq_length,
         spec.learning_rate,
-        spec.iters
+        spec.iters,
+        rounds.len(),
+        if options.reference_only {
+            "mlx-lm only"
+        } else {
+            "interleaved: odd rounds mlx-ft first, even rounds mlx-lm first"
+        }
     );
-    if reference_only {
-        print_table(&[("mlx-lm 0.32.2", &reference)]);
-        return Ok(());
-    }
-    let ours = ft_run(root, &ft, &spec, &root.join("target/bench-train/ft"))?;
-    print_table(&[("mlx-lm 0.32.2", &reference), ("mlx-ft", &ours)]);
+    print_rounds(&rounds);
+
+    let references: Vec<&TrainRun> = rounds.iter().map(|r| &r.reference.run).collect();
+    let ours: Vec<&TrainRun> = rounds
+        .iter()
+        .filter_map(|r| r.ours.as_ref().map(|m| &m.run))
+        .collect();
+    let pairs: Vec<(&TrainRun, &TrainRun)> = rounds
+        .iter()
+        .filter_map(|r| r.ours.as_ref().map(|m| (&r.reference.run, &m.run)))
+        .collect();
+    let comparison = Comparison::of(&pairs);
+    let reference_median = median_run(&references).context("no round ran")?;
+    let ours_median = median_run(&ours);
     println!(
-        "\nmlx-ft / mlx-lm: {:.2}x tokens/s (target >= 1.5x), {:.2}x peak memory (target <= 1.0x), \
-         final loss {:+.1}% (target within 10%)",
-        ours.tokens_per_second / reference.tokens_per_second,
-        ours.peak_memory_bytes as f64 / reference.peak_memory_bytes.max(1) as f64,
-        100.0 * (ours.final_loss / reference.final_loss - 1.0)
+        "\nmedian of {} round(s){}:",
+        rounds.len(),
+        if comparison.is_some() {
+            " (ratios: the median of the per-round ratios)"
+        } else {
+            ""
+        }
     );
+    print_medians(
+        &reference_median,
+        ours_median.as_ref().zip(comparison.as_ref()),
+    );
+    if let Some(comparison) = &comparison {
+        println!(
+            "\n{OURS_NAME} / {REFERENCE_NAME}, median of {} interleaved round(s):",
+            pairs.len()
+        );
+        println!(
+            "  trained tokens/s  {}  target >= 1.5x",
+            comparison.tokens_per_second.show(ratio)
+        );
+        println!(
+            "  peak memory       {}  target <= 1.0x",
+            comparison.peak_memory.show(ratio)
+        );
+        if let Some(spread) = comparison.final_loss {
+            println!(
+                "  final train loss  {}  target within 10%",
+                spread.show(percent)
+            );
+        }
+        if let Some(spread) = comparison.validation_loss {
+            println!("  val loss          {}", spread.show(percent));
+        }
+        if pairs.len() < 3 {
+            println!("  (fewer than 3 rounds: the min and max say little about the spread)");
+        }
+    }
+
+    let show_load =
+        |load: Option<f64>| load.map_or_else(|| "?".to_string(), |load| format!("{load:.2}"));
+    let runs: Vec<(String, RunUse)> = rounds
+        .iter()
+        .enumerate()
+        .flat_map(|(index, round)| {
+            let reference = (
+                format!("round {} {REFERENCE_NAME}", index + 1),
+                round.reference.usage,
+            );
+            let ours = round
+                .ours
+                .as_ref()
+                .map(|ours| (format!("round {} {OURS_NAME}", index + 1), ours.usage));
+            std::iter::once(reference).chain(ours)
+        })
+        .collect();
+    let others = runs
+        .iter()
+        .filter_map(|(_, run)| run.cpu.map(|cpu| cpu.others))
+        .max_by(f64::total_cmp);
+    println!(
+        "\nmachine: {cores} cores; 1-minute load average {} at the start, {} at the end; {}",
+        show_load(load_at_start),
+        show_load(load_at_end),
+        match others {
+            Some(others) =>
+                format!("other processes kept at most {others:.2} cores busy during a run"),
+            None => "CPU accounting not available here (no /proc): load average only".to_string(),
+        }
+    );
+    let warnings = machine::busy_warnings(load_at_start, cores, &runs);
+    if warnings.is_empty() {
+        println!("the machine was quiet during the runs");
+    } else {
+        println!(
+            "WARNING: the machine was busy; these figures are not a quiet machine's \
+             (rerun when nothing else runs):"
+        );
+        for warning in &warnings {
+            println!("WARNING:   {warning}");
+        }
+    }
     Ok(())
 }
 
@@ -420,6 +742,125 @@ MLX_REF_VAL {\"iteration\": 2, \"val_loss\": 1.25, \"val_time\": 1.0}
         assert!((run.final_loss - 5.5 / 3.0).abs() < 1e-12);
         assert_eq!(run.steps, 3);
         assert_eq!(run.validation_loss, Some(1.25));
+    }
+
+    fn train_run(tokens_per_second: f64, peak_mb: u64, final_loss: f64) -> TrainRun {
+        TrainRun {
+            tokens_per_second,
+            peak_memory_bytes: peak_mb * 1_000_000,
+            final_loss,
+            steps: 20,
+            validation_loss: Some(final_loss / 2.0),
+        }
+    }
+
+    #[test]
+    fn spread_is_the_median_with_min_and_max() {
+        let odd = Spread::of([1.45, 1.55, 1.25]).expect("values");
+        assert_eq!(
+            odd,
+            Spread {
+                median: 1.45,
+                min: 1.25,
+                max: 1.55
+            }
+        );
+        let even = Spread::of([4.0, 1.0, 3.0, 2.0]).expect("values");
+        assert_eq!((even.median, even.min, even.max), (2.5, 1.0, 4.0));
+        let one = Spread::of([0.78]).expect("a value");
+        assert_eq!((one.median, one.min, one.max), (0.78, 0.78, 0.78));
+        assert_eq!(Spread::of([f64::NAN, 2.0]).map(|s| s.median), Some(2.0));
+        assert_eq!(Spread::of(Vec::new()), None);
+        assert_eq!(Spread::of([f64::NAN]), None);
+        assert_eq!(odd.show(ratio), "1.45x (min 1.25x, max 1.55x)");
+        let change = Spread::of([-0.05, 0.012]).expect("values");
+        assert_eq!(change.show(percent), "-1.9% (min -5.0%, max +1.2%)");
+    }
+
+    #[test]
+    fn comparison_takes_the_median_of_the_per_round_ratios() {
+        // Three rounds of the issue: 1.55x, then 1.45x and 1.25x.
+        let theirs = [
+            train_run(32.0, 1200, 0.40),
+            train_run(30.0, 1180, 0.40),
+            train_run(40.0, 1190, 0.40),
+        ];
+        let ours = [
+            train_run(49.6, 900, 0.42),
+            train_run(43.5, 944, 0.42),
+            train_run(50.0, 952, 0.42),
+        ];
+        let pairs: Vec<(&TrainRun, &TrainRun)> = theirs.iter().zip(&ours).collect();
+        let comparison = Comparison::of(&pairs).expect("rounds");
+        let tokens = comparison.tokens_per_second;
+        assert!((tokens.median - 1.45).abs() < 1e-12, "{tokens:?}");
+        assert!((tokens.min - 1.25).abs() < 1e-12, "{tokens:?}");
+        assert!((tokens.max - 1.55).abs() < 1e-12, "{tokens:?}");
+        let memory = comparison.peak_memory;
+        assert!((memory.min - 0.75).abs() < 1e-12 && (memory.max - 0.8).abs() < 1e-12);
+        let loss = comparison.final_loss.expect("losses");
+        assert!((loss.median - 0.05).abs() < 1e-12, "{loss:?}");
+        assert!(comparison.validation_loss.is_some());
+        assert_eq!(Comparison::of(&[]), None);
+        // A round without a validation loss leaves it out of that figure.
+        let no_val = TrainRun {
+            validation_loss: None,
+            ..theirs[0].clone()
+        };
+        let comparison = Comparison::of(&[(&no_val, &ours[0])]).expect("a round");
+        assert_eq!(comparison.validation_loss, None);
+    }
+
+    #[test]
+    fn median_run_takes_each_figure_apart() {
+        let runs = [
+            train_run(30.0, 1000, 0.3),
+            train_run(50.0, 900, 0.1),
+            train_run(40.0, 1100, 0.2),
+        ];
+        let refs: Vec<&TrainRun> = runs.iter().collect();
+        let median = median_run(&refs).expect("runs");
+        assert_eq!(median.tokens_per_second, 40.0);
+        assert_eq!(median.peak_memory_bytes, 1_000_000_000);
+        assert_eq!(median.final_loss, 0.2);
+        assert_eq!(median.validation_loss, Some(0.1));
+        assert_eq!(median.steps, 20);
+        assert_eq!(median_run(&[]), None);
+    }
+
+    #[test]
+    fn tables_print_for_both_sides_and_for_the_reference_alone() {
+        let usage = |cpu| RunUse {
+            wall_seconds: 90.0,
+            cpu,
+        };
+        let measured = |run: TrainRun, cpu| Measured {
+            run,
+            usage: usage(cpu),
+        };
+        let cpu = machine::CpuUse {
+            ours: 1.9,
+            others: 0.02,
+            cpus: 2,
+        };
+        let rounds = [
+            Round {
+                ours_first: true,
+                reference: measured(train_run(33.3, 1181, 0.37), Some(cpu)),
+                ours: Some(measured(train_run(50.4, 921, 0.12), None)),
+            },
+            Round {
+                ours_first: false,
+                reference: measured(train_run(30.0, 1181, 0.37), None),
+                ours: None,
+            },
+        ];
+        print_rounds(&rounds);
+        let reference = train_run(33.3, 1181, 0.37);
+        let ours = train_run(50.4, 921, 0.12);
+        let comparison = Comparison::of(&[(&reference, &ours)]).expect("a round");
+        print_medians(&reference, Some((&ours, &comparison)));
+        print_medians(&reference, None);
     }
 
     #[test]

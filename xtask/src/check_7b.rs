@@ -36,53 +36,35 @@ const QLORA_PRESET: &str = "configs/mistral-7b-instruct-v0.3-qlora-m4.toml";
 const MISTRAL_COMMON: &str = "mistral-common==1.13.1";
 const TRANSFORMERS: &str = "transformers==5.24.0";
 
-struct Options {
+/// Options of `cargo xtask check-7b`.
+#[derive(Debug, clap::Args)]
+pub struct Options {
+    /// Sequence lengths to train each row at, comma-separated
+    #[arg(long, value_name = "N,N", value_delimiter = ',', default_values_t = [64, 128])]
     lengths: Vec<u32>,
+    /// Training steps per row and length
+    #[arg(long, value_name = "N", default_value_t = 2)]
     steps: u32,
+    /// Rows to train, comma-separated: the bf16 LoRA preset, the QLoRA preset
+    /// (quantized on load), the pre-quantized checkpoint
+    #[arg(
+        long,
+        value_name = "ROW,ROW",
+        value_delimiter = ',',
+        value_parser = ["bf16", "qlora", "prequantized"],
+        default_values_t = ["bf16".to_string(), "qlora".to_string(), "prequantized".to_string()]
+    )]
     rows: Vec<String>,
+    /// Also train each row for one step on MLX's own kernels
+    /// (FT_MATMUL_PATH=native) at the first length, next to the fp32 expansion
+    #[arg(long = "native-baseline")]
     native: bool,
+    /// Skip the resume, fuse and generate steps after the rows
+    #[arg(long = "no-finish", action = clap::ArgAction::SetFalse)]
     finish: bool,
+    /// The same widths with N decoder layers instead of 32
+    #[arg(long, value_name = "N")]
     layers: Option<u32>,
-}
-
-impl Options {
-    fn parse(args: &[String]) -> Result<Self> {
-        let mut options = Self {
-            lengths: vec![64, 128],
-            steps: 2,
-            rows: vec!["bf16".into(), "qlora".into(), "prequantized".into()],
-            native: false,
-            finish: true,
-            layers: None,
-        };
-        let mut args = args.iter();
-        while let Some(flag) = args.next() {
-            let mut value = || args.next().with_context(|| format!("{flag} needs a value"));
-            match flag.as_str() {
-                "--lengths" => {
-                    options.lengths = value()?
-                        .split(',')
-                        .map(|n| {
-                            n.trim()
-                                .parse()
-                                .context("--lengths: comma-separated numbers")
-                        })
-                        .collect::<Result<_>>()?
-                }
-                "--steps" => options.steps = value()?.parse().context("--steps")?,
-                "--rows" => options.rows = value()?.split(',').map(str::to_string).collect(),
-                "--native-baseline" => options.native = true,
-                "--no-finish" => options.finish = false,
-                "--layers" => options.layers = Some(value()?.parse().context("--layers")?),
-                other => bail!(
-                    "unknown option {other}\nusage: cargo xtask check-7b [--lengths 64,128] \
-                     [--steps 2] [--rows bf16,qlora,prequantized] [--native-baseline] [--no-finish] \
-                     [--layers N]"
-                ),
-            }
-        }
-        Ok(options)
-    }
 }
 
 /// One measured training run.
@@ -103,8 +85,7 @@ struct Row {
     error: Option<String>,
 }
 
-pub fn run(root: &Path, args: &[String]) -> Result<()> {
-    let options = Options::parse(args)?;
+pub fn run(root: &Path, options: Options) -> Result<()> {
     let out = root.join("target/check-7b");
     fs::create_dir_all(&out)?;
     let ft = shell::build_ft(root)?;

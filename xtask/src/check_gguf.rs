@@ -24,43 +24,19 @@ const VENV_LAYOUT: &str = "venv-llama-cpp-v1";
 /// The fewest equal leading tokens that pass.
 const MIN_EQUAL: usize = 16;
 
-struct Options {
+/// Options of `cargo xtask check-gguf`.
+#[derive(Debug, clap::Args)]
+pub struct Options {
+    /// The raw prompt both sides continue
+    #[arg(long, value_name = "TEXT", default_value = "The capital of France is")]
     prompt: String,
+    /// Tokens generated on each side (at least the 16 leading tokens that must
+    /// agree)
+    #[arg(long, value_name = "N", default_value_t = 24, value_parser = crate::cli::at_least(MIN_EQUAL))]
     tokens: usize,
-    /// Train a new adapter even where one can be reused.
+    /// Train a new adapter even where one can be reused
+    #[arg(long)]
     train: bool,
-}
-
-impl Options {
-    fn parse(args: &[String]) -> Result<Self> {
-        let mut options = Options {
-            prompt: "The capital of France is".into(),
-            tokens: 24,
-            train: false,
-        };
-        let mut args = args.iter();
-        while let Some(arg) = args.next() {
-            let mut value = || {
-                args.next()
-                    .with_context(|| format!("{arg} needs a value"))
-                    .cloned()
-            };
-            match arg.as_str() {
-                "--prompt" => options.prompt = value()?,
-                "--train" => options.train = true,
-                "--tokens" => {
-                    options.tokens = value()?.parse().context("--tokens: a whole number")?;
-                }
-                other => bail!(
-                    "check-gguf: unknown option `{other}` (options: --prompt TEXT, --tokens N, --train)"
-                ),
-            }
-        }
-        if options.tokens < MIN_EQUAL {
-            bail!("--tokens must be at least {MIN_EQUAL}");
-        }
-        Ok(options)
-    }
 }
 
 fn ft(root: &Path) -> Command {
@@ -70,8 +46,7 @@ fn ft(root: &Path) -> Command {
 }
 
 /// Runs the check.
-pub fn run(root: &Path, args: &[String]) -> Result<()> {
-    let options = Options::parse(args)?;
+pub fn run(root: &Path, options: Options) -> Result<()> {
     let out = root.join("target/check-gguf");
     fs::create_dir_all(&out)?;
     shell::step("cargo build --release -p ft-cli");

@@ -26,40 +26,33 @@ use std::time::{Duration, Instant};
 const STEPS: u64 = 24;
 const DEFAULT_MODEL: &str = "smollm2-135m-instruct";
 
-struct Options {
+/// Options of `cargo xtask crash-test`.
+#[derive(Debug, clap::Args)]
+pub struct Options {
+    /// Random kills (each resumed and compared with the uninterrupted run)
+    #[arg(long, value_name = "N", default_value_t = 20)]
     trials: usize,
-    seed: u64,
+    /// Seed of the kill times [default: the clock]
+    #[arg(long, value_name = "S")]
+    seed: Option<u64>,
+    /// Train this model (a name or path as `ft train` takes it) instead of a
+    /// tiny random Llama
+    #[arg(long, value_name = "M")]
     model: Option<String>,
+    /// Use this `ft` binary instead of building one
+    #[arg(long, value_name = "PATH")]
     ft: Option<PathBuf>,
 }
 
 impl Options {
-    fn parse(args: &[String]) -> Result<Self> {
-        let mut options = Options {
-            trials: 20,
-            seed: std::time::SystemTime::now()
+    /// `--seed`, or one from the clock.
+    fn seed(&self) -> u64 {
+        self.seed.unwrap_or_else(|| {
+            std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| d.as_nanos() as u64)
-                .unwrap_or(1),
-            model: None,
-            ft: None,
-        };
-        let mut rest = args.iter();
-        while let Some(flag) = rest.next() {
-            let value = rest
-                .next()
-                .with_context(|| format!("{flag} needs a value"))?;
-            match flag.as_str() {
-                "--trials" => options.trials = value.parse().context("--trials")?,
-                "--seed" => options.seed = value.parse().context("--seed")?,
-                "--model" => options.model = Some(value.clone()),
-                "--ft" => options.ft = Some(PathBuf::from(value)),
-                other => bail!(
-                    "unknown option {other} (expected --trials N, --seed S, --model M, --ft PATH)"
-                ),
-            }
-        }
-        Ok(options)
+                .unwrap_or(1)
+        })
     }
 }
 
@@ -87,8 +80,7 @@ impl Rng {
     }
 }
 
-pub fn run(root: &Path, args: &[String]) -> Result<()> {
-    let options = Options::parse(args)?;
+pub fn run(root: &Path, options: Options) -> Result<()> {
     let built = match &options.ft {
         Some(path) => path.clone(),
         None => reference::build_ft(root)?,
@@ -103,7 +95,8 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
     // rebuilds of target/release/ft during the test do not change it.
     let ft = out.join("ft");
     fs::copy(&built, &ft).with_context(|| format!("copying {}", built.display()))?;
-    let mut rng = Rng(options.seed | 1);
+    let seed = options.seed();
+    let mut rng = Rng(seed | 1);
     let model = match &options.model {
         Some(model) => model.clone(),
         None => tiny_model(&ft, &out.join("tiny-model"), &mut rng)?
@@ -117,7 +110,7 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
 
     eprintln!(
         "crash-test: {} trials, seed {}, model {model}",
-        options.trials, options.seed
+        options.trials, seed
     );
     let started = Instant::now();
     let reference_dir = harness.out.join("reference");

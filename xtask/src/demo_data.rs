@@ -322,12 +322,7 @@ fn jsonl(examples: &[Example]) -> String {
 }
 
 /// Writes (or with `check`, compares) `examples/data/demo/{train,valid}.jsonl`.
-pub fn run(root: &Path, args: &[String]) -> Result<()> {
-    let check = match args {
-        [] => false,
-        [flag] if flag == "--check" => true,
-        other => bail!("usage: cargo xtask demo-data [--check] (got {other:?})"),
-    };
+pub fn run(root: &Path, check: bool) -> Result<()> {
     let (train, valid) = generate();
     let dir = root.join("examples/data/demo");
     let files = [

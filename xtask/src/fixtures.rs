@@ -33,20 +33,31 @@ const CHAT_TEMPLATE_FIXTURE: &str = "crates/ft-data/tests/fixtures/chat_template
 /// The adapters trained by mlx-lm (committed output).
 const ADAPTER_FIXTURES: &str = "crates/ft-lora/tests/fixtures/mlx_lm";
 
-const USAGE: &str = "usage: cargo xtask fixtures chat-template|logits|mlx-lm-adapters";
+/// The fixtures `cargo xtask fixtures` writes.
+#[derive(Debug, clap::Subcommand)]
+pub enum Fixture {
+    /// Setup and the reference venv, then the chat-template parity fixture
+    /// (Hugging Face transformers), checked by ft-data's chat_template_parity
+    ChatTemplate,
+    /// Setup and the reference venv, then the mlx_lm logits parity fixture,
+    /// checked by ft-model's mlx_lm_parity
+    Logits,
+    /// Setup and the reference venv, then adapters trained by `mlx_lm lora`
+    /// with its logits, checked by ft-lora's mlx_lm_adapters
+    MlxLmAdapters,
+}
 
-/// Runs `cargo xtask fixtures ...`.
-pub fn run(root: &Path, args: &[String]) -> Result<()> {
-    match args.first().map(String::as_str) {
-        Some("chat-template") if args.len() == 1 => chat_template(root),
-        Some("logits") if args.len() == 1 => crate::reference::logits_fixture(root),
-        Some("mlx-lm-adapters") if args.len() == 1 => mlx_lm_adapters(root),
-        _ => bail!("{USAGE}"),
+/// Runs `cargo xtask fixtures <name>`.
+pub fn run(root: &Path, fixture: Fixture) -> Result<()> {
+    match fixture {
+        Fixture::ChatTemplate => chat_template(root),
+        Fixture::Logits => crate::reference::logits_fixture(root),
+        Fixture::MlxLmAdapters => mlx_lm_adapters(root),
     }
 }
 
 fn mlx_lm_adapters(root: &Path) -> Result<()> {
-    setup::run(root, setup::Options::parse(&[])?)?;
+    setup::run(root, setup::Options::default())?;
     let venv = python::reference_venv(root)?;
     let ft = crate::reference::build_ft(root)?;
     let model = crate::reference::f32_default_model(root, &ft)?;
@@ -70,7 +81,7 @@ fn mlx_lm_adapters(root: &Path) -> Result<()> {
 }
 
 fn chat_template(root: &Path) -> Result<()> {
-    setup::run(root, setup::Options::parse(&[])?)?;
+    setup::run(root, setup::Options::default())?;
     // The reference venv has transformers (pinned) and MLX, which reads GGUF metadata.
     let venv = python::reference_venv(root)?;
     let gguf = root.join(DEFAULT_GGUF);

@@ -20,50 +20,18 @@ use std::time::{Duration, Instant};
 /// Crates whose unit tests hold fuzz targets.
 const CRATES: &[&str] = &["ft-config", "ft-data", "ft-model"];
 
-struct Options {
+/// Options of `cargo xtask fuzz`.
+#[derive(Debug, clap::Args)]
+pub struct Options {
+    /// Seconds in all, shared equally between the targets
+    #[arg(long, value_name = "N", default_value_t = 300.0, value_parser = crate::cli::positive_seconds)]
     seconds: f64,
+    /// Only the targets whose name contains NAME
+    #[arg(long, value_name = "NAME")]
     target: Option<String>,
+    /// proptest cases per target at most [default: as many as the time allows]
+    #[arg(long, value_name = "N", default_value_t = u64::from(u32::MAX), hide_default_value = true)]
     cases: u64,
-}
-
-impl Options {
-    fn parse(args: &[String]) -> Result<Self> {
-        let mut options = Options {
-            seconds: 300.0,
-            target: None,
-            // proptest's case count is a u32: as many as it takes.
-            cases: u64::from(u32::MAX),
-        };
-        let mut args = args.iter();
-        while let Some(arg) = args.next() {
-            let mut value = |name: &str| {
-                args.next()
-                    .cloned()
-                    .with_context(|| format!("{name} needs a value"))
-            };
-            match arg.as_str() {
-                "--seconds" => {
-                    options.seconds = value("--seconds")?
-                        .parse()
-                        .context("--seconds: expected a number")?;
-                }
-                "--target" => options.target = Some(value("--target")?),
-                "--cases" => {
-                    options.cases = value("--cases")?
-                        .parse()
-                        .context("--cases: expected a whole number")?;
-                }
-                other => bail!(
-                    "unknown option `{other}`\n\
-                     usage: cargo xtask fuzz [--seconds N] [--target NAME] [--cases N]"
-                ),
-            }
-        }
-        if options.seconds.is_nan() || options.seconds <= 0.0 {
-            bail!("--seconds must be > 0");
-        }
-        Ok(options)
-    }
 }
 
 /// One fuzz target: the test binary and the test's name in it.
@@ -89,8 +57,7 @@ struct Outcome {
     failure: Option<String>,
 }
 
-pub fn run(root: &Path, args: &[String]) -> Result<()> {
-    let options = Options::parse(args)?;
+pub fn run(root: &Path, options: Options) -> Result<()> {
     let targets = find_targets(root, options.target.as_deref())?;
     if targets.is_empty() {
         bail!("no fuzz target matches {:?}", options.target);

@@ -7,15 +7,22 @@
 //! checkout's binary is installed instead.
 
 use crate::shell;
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use std::fs;
 use std::path::{Path, PathBuf};
 
-pub fn run(root: &Path, args: &[String]) -> Result<()> {
-    let dir = match args {
-        [] => default_dir()?,
-        [flag, dir] if flag == "--dir" => PathBuf::from(dir),
-        _ => bail!("usage: cargo xtask install [--dir DIR]"),
+/// Options of `cargo xtask install`.
+#[derive(Debug, clap::Args)]
+pub struct Options {
+    /// Where `ft` goes [default: ~/.local/bin]
+    #[arg(long, value_name = "DIR")]
+    dir: Option<PathBuf>,
+}
+
+pub fn run(root: &Path, options: Options) -> Result<()> {
+    let dir = match options.dir {
+        Some(dir) => dir,
+        None => default_dir()?,
     };
     let binary = shell::build_ft(root)?;
     fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;

@@ -5,18 +5,23 @@
 //! model) into git-ignored folders; `test` and `e2e` run it first, so the
 //! README's two commands are all a new machine needs.
 
+#![forbid(unsafe_code)]
+
 mod bench_data;
 mod bench_distributed;
 mod bench_generate;
 mod bench_train;
 mod check_7b;
 mod check_gguf;
+mod cli;
+mod coverage;
 mod crash_test;
 mod demo_data;
 mod e2e;
 mod fixtures;
 mod fuzz;
 mod install;
+mod machine;
 mod python;
 mod reference;
 mod setup;
@@ -24,84 +29,44 @@ mod shell;
 mod soak;
 mod sources;
 
-use anyhow::{bail, Result};
+use anyhow::Result;
+use clap::{CommandFactory, Parser};
+use cli::{Bench, Cli, Command};
 use std::path::{Path, PathBuf};
 
-const USAGE: &str = "\
-usage: cargo xtask <command> [options]
-
-commands:
-  setup [--backend cpu|cuda12|cuda13]   install prerequisites, MLX runtime, BLAS, patched crates, default model
-  test                                  setup, then fmt --check, clippy -D warnings and the whole test suite
-  e2e                                   setup, then the main job: validate the demo data, measure the base
-                                        model, train (configs/quickstart.toml), measure again, fuse, check
-  doctor [--json]                       setup, then `ft doctor`
-  bench data [--lines N] [--budget-s S] setup, then `ft data validate` on a clean 100k-line chat file: lines/s, tokens/s
-  bench generate [--max-tokens N] [--rounds N] [--repeats N]
-                                        greedy generation tokens/s, ft-model vs mlx_lm on the same fp32 model
-  bench train --reference-only [--iters N] [--data DIR]
-                                        LoRA training tokens/s, peak memory, loss of mlx-lm on the demo data
-  bench distributed [--steps N]         training tokens/s in one process vs 2 data-parallel ranks on loopback
-  check-gguf [--prompt TEXT] [--tokens N] [--train]
-                                        setup, then `ft fuse --format gguf` (float32, float16) of a trained adapter
-                                        (reused, or 10 quickstart steps into target/check-gguf; --train: always new),
-                                        llama.cpp (llama-cpp-python, built once into .ft/venv-llama-cpp) vs
-                                        `ft generate` greedy on the same file: at least 16 leading tokens equal
-  check-7b [--lengths 64,128] [--steps N] [--rows bf16,qlora,prequantized] [--native-baseline]
-                                        setup, then Mistral-7B-Instruct-v0.3 at full size (random weights, Mistral's
-                                        own tokenizer from mistral-common): train each preset, resume, fuse, generate;
-                                        a table of load time, s/step, MLX and RSS peaks, estimates (by hand, ~50 GB disk)
-  fuzz [--seconds N] [--target NAME] [--cases N]
-                                        setup, then the fuzz targets (JSONL reader/validator, chat templates,
-                                        config parsing) for N seconds in all (default 300): executions per
-                                        target, failures with their shrunk inputs
-  fixtures chat-template                setup and the reference venv, then the chat-template parity fixture (transformers)
-  fixtures logits                       setup and the reference venv, then the mlx_lm logits parity fixture (ft-model)
-  fixtures mlx-lm-adapters              setup and the reference venv, then adapters trained by mlx_lm lora with its logits (ft-lora)
-  demo-data [--check]                   write (or check) the demo data set examples/data/demo/{train,valid}.jsonl
-  crash-test [--trials N] [--seed S] [--model M] [--ft PATH]
-                                        setup, then `ft train` killed (SIGKILL) at random moments and inside
-                                        checkpoint writes (default 20 trials), resumed, final adapters compared
-                                        with an uninterrupted run's; SIGTERM/SIGINT; a tmpfs that fills up
-  soak [--minutes M] [--sample-s S]     setup, then a long training run (default 120 min, by hand) sampling
-                                        resident and MLX memory; prints the slope after the first evaluation
-  venv                                  setup, then the mlx-lm reference venv (.ft/venv-mlx, same OpenBLAS)
-  install [--dir DIR]                   setup, build, then put `ft` in DIR (default ~/.local/bin); on macOS
-                                        with MLX's Metal kernels (mlx.metallib) next to it
-
-The MLX backend on Linux can also be chosen with FT_MLX_BACKEND=cpu|cuda12|cuda13;
-the choice is remembered in .ft/backend.";
-
 fn main() {
-    if let Err(error) = run() {
+    let cli = Cli::parse();
+    if let Err(error) = run(cli) {
         eprintln!("error: {error:#}");
         std::process::exit(1);
     }
 }
 
-fn run() -> Result<()> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let Some(command) = args.first() else {
-        println!("{USAGE}");
+fn run(cli: Cli) -> Result<()> {
+    let Some(command) = cli.command else {
+        // `cargo xtask` alone: the usage, as `--help` prints it.
+        Cli::command().print_help()?;
         return Ok(());
     };
-    let rest = &args[1..];
     let root = repo_root();
-    match command.as_str() {
-        "setup" => {
-            setup::run(&root, setup::Options::parse(rest)?)?;
+    let setup = |root: &Path| setup::run(root, setup::Options::default());
+    match command {
+        Command::Setup(options) => setup::run(&root, options)?,
+        Command::Test(args) => {
+            setup(&root)?;
+            test(&root, &args.extra)?;
         }
-        "test" => {
-            setup::run(&root, setup::Options::parse(&[])?)?;
-            test(&root, rest)?;
+        Command::Coverage(args) => {
+            setup(&root)?;
+            coverage::run(&root, args.min_percent)?;
         }
-        "e2e" => {
-            setup::run(&root, setup::Options::parse(&[])?)?;
+        Command::E2e => {
+            setup(&root)?;
             e2e::run(&root)?;
         }
-        "doctor" => {
-            setup::run(&root, setup::Options::parse(&[])?)?;
-            let mut args = vec![
+        Command::Doctor(args) => {
+            setup(&root)?;
+            let mut cargo_args = vec![
                 "run",
                 "--quiet",
                 "--release",
@@ -110,11 +75,13 @@ fn run() -> Result<()> {
                 "--",
                 "doctor",
             ];
-            args.extend(rest.iter().map(String::as_str));
-            shell::cargo(&root, &args)?;
+            if args.json {
+                cargo_args.push("--json");
+            }
+            shell::cargo(&root, &cargo_args)?;
         }
-        "venv" => {
-            setup::run(&root, setup::Options::parse(&[])?)?;
+        Command::Venv => {
+            setup(&root)?;
             let venv = python::reference_venv(&root)?;
             let check = python::blas_check(&root, &venv)?;
             println!(
@@ -125,49 +92,46 @@ fn run() -> Result<()> {
                 check.openblas
             );
         }
-        "bench" => match rest.first().map(String::as_str) {
-            Some("data") => {
-                setup::run(&root, setup::Options::parse(&[])?)?;
-                bench_data::run(&root, &rest[1..])?;
+        Command::Bench { bench } => match bench {
+            Bench::Data(options) => {
+                setup(&root)?;
+                bench_data::run(&root, options)?;
             }
-            Some("generate") => bench_generate::run(&root, &rest[1..])?,
-            Some("train") => bench_train::run(&root, &rest[1..])?,
-            Some("distributed") => {
-                setup::run(&root, setup::Options::parse(&[])?)?;
-                bench_distributed::run(&root, &rest[1..])?
+            // These two run set-up themselves.
+            Bench::Generate(options) => bench_generate::run(&root, options)?,
+            Bench::Train(options) => bench_train::run(&root, options)?,
+            Bench::Distributed(options) => {
+                setup(&root)?;
+                bench_distributed::run(&root, options)?
             }
-            _ => bail!(
-                "usage: cargo xtask bench data|generate|train|distributed [options]\n\n{USAGE}"
-            ),
         },
-        "crash-test" => {
-            setup::run(&root, setup::Options::parse(&[])?)?;
-            crash_test::run(&root, rest)?;
+        Command::CrashTest(options) => {
+            setup(&root)?;
+            crash_test::run(&root, options)?;
         }
-        "check-7b" => {
-            setup::run(&root, setup::Options::parse(&[])?)?;
-            check_7b::run(&root, rest)?;
+        Command::Check7b(options) => {
+            setup(&root)?;
+            check_7b::run(&root, options)?;
         }
-        "check-gguf" => {
-            setup::run(&root, setup::Options::parse(&[])?)?;
-            check_gguf::run(&root, rest)?;
+        Command::CheckGguf(options) => {
+            setup(&root)?;
+            check_gguf::run(&root, options)?;
         }
-        "soak" => {
-            setup::run(&root, setup::Options::parse(&[])?)?;
-            soak::run(&root, rest)?;
+        Command::Soak(options) => {
+            setup(&root)?;
+            soak::run(&root, options)?;
         }
-        "fixtures" => fixtures::run(&root, rest)?,
-        "install" => {
-            setup::run(&root, setup::Options::parse(&[])?)?;
-            install::run(&root, rest)?;
+        // Each fixture runs the set-up it needs.
+        Command::Fixtures { fixture } => fixtures::run(&root, fixture)?,
+        Command::Install(options) => {
+            setup(&root)?;
+            install::run(&root, options)?;
         }
-        "fuzz" => {
-            setup::run(&root, setup::Options::parse(&[])?)?;
-            fuzz::run(&root, rest)?;
+        Command::Fuzz(options) => {
+            setup(&root)?;
+            fuzz::run(&root, options)?;
         }
-        "demo-data" => demo_data::run(&root, rest)?,
-        "help" | "-h" | "--help" => println!("{USAGE}"),
-        other => bail!("unknown command `{other}`\n\n{USAGE}"),
+        Command::DemoData(args) => demo_data::run(&root, args.check)?,
     }
     Ok(())
 }

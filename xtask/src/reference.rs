@@ -45,7 +45,7 @@ pub fn f32_default_model(root: &Path, ft: &Path) -> Result<PathBuf> {
 /// `cargo xtask fixtures logits`: mlx_lm's logits of fixed prompts on the
 /// fp32 export of the default model, into the committed fixture.
 pub fn logits_fixture(root: &Path) -> Result<()> {
-    setup::run(root, setup::Options::parse(&[])?)?;
+    setup::run(root, setup::Options::default())?;
     let venv = python::reference_venv(root)?;
     let ft = build_ft(root)?;
     let model = f32_default_model(root, &ft)?;

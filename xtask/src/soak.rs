@@ -13,30 +13,15 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-struct Options {
+/// Options of `cargo xtask soak`.
+#[derive(Debug, clap::Args)]
+pub struct Options {
+    /// Minutes of training before the run gets SIGTERM
+    #[arg(long, value_name = "M", default_value_t = 120.0)]
     minutes: f64,
+    /// Seconds between memory samples
+    #[arg(long = "sample-s", value_name = "S", default_value_t = 60)]
     sample_seconds: u64,
-}
-
-impl Options {
-    fn parse(args: &[String]) -> Result<Self> {
-        let mut options = Options {
-            minutes: 120.0,
-            sample_seconds: 60,
-        };
-        let mut rest = args.iter();
-        while let Some(flag) = rest.next() {
-            let value = rest
-                .next()
-                .with_context(|| format!("{flag} needs a value"))?;
-            match flag.as_str() {
-                "--minutes" => options.minutes = value.parse().context("--minutes")?,
-                "--sample-s" => options.sample_seconds = value.parse().context("--sample-s")?,
-                other => bail!("unknown option {other} (expected --minutes M, --sample-s S)"),
-            }
-        }
-        Ok(options)
-    }
 }
 
 /// One memory sample.
@@ -91,8 +76,7 @@ fn slope(points: &[(f64, f64)]) -> f64 {
     }
 }
 
-pub fn run(root: &Path, args: &[String]) -> Result<()> {
-    let options = Options::parse(args)?;
+pub fn run(root: &Path, options: Options) -> Result<()> {
     let ft = reference::build_ft(root)?;
     let out = root.join("target/soak");
     if out.exists() {
