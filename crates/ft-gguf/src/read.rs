@@ -507,7 +507,7 @@ fn read_tensor_table<R: Read>(at: &mut Cursor<R>, metadata: GgufMetadata) -> Res
         let size = ggml_type
             .data_size(&dims)
             .map_err(|why| at.error(info_offset, format!("tensor `{name}`: {why}")))?;
-        if offset % alignment != 0 {
+        if !offset.is_multiple_of(alignment) {
             return Err(at.error(
                 info_offset,
                 format!(

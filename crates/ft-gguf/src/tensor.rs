@@ -113,7 +113,7 @@ impl GgmlType {
         if let Some(axis) = dims.iter().position(|&dim| dim == 0) {
             return Err(format!("dimension {axis} is 0; expected at least 1"));
         }
-        if dims[0] % self.block_weights != 0 {
+        if !dims[0].is_multiple_of(self.block_weights) {
             return Err(format!(
                 "its first dimension {} is not a multiple of the {} block of {} weights",
                 dims[0], self.name, self.block_weights

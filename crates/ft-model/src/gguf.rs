@@ -33,6 +33,10 @@ impl GgufFile {
         // gguflib trusts every length and offset in the file: check them first.
         let layout = read_layout(path)?;
         check_writable(path)?;
+        // mlx-rs's wrapper calls the same `mlx_load_gguf` on the CPU stream
+        // (none is scoped here) and checks dtypes only when saving: every
+        // type `MLX_GGML_TYPES` admits loads as it did through our own FFI.
+        // It installs mlx-rs's error handler and frees the handle itself.
         let file = mlx_rs::io::GgufFile::load(path).map_err(|error| Error::MlxIo {
             path: path.to_path_buf(),
             message: match error {
