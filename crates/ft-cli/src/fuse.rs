@@ -4,11 +4,10 @@
 use crate::common::{data_failure, load_with_adapter, lora_failure, model_failure};
 use crate::Failure;
 use anyhow::anyhow;
-use ft_data::GgufValue;
+use ft_gguf::GgufValue;
 use ft_lora::{AdapterFormat, LoraAdapters};
-use ft_model::{ExportOptions, GgufExportOptions, GgufMetadataValue};
+use ft_model::{ExportOptions, GgufExportOptions};
 use mlx_rs::Dtype;
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 /// Output format of `ft fuse`.
@@ -225,7 +224,7 @@ pub fn run_fuse(args: &FuseArgs) -> Result<(), Failure> {
             let options = GgufExportOptions {
                 dtype: dtype.dtype(),
                 name: Some(fused_name(&args.model)),
-                metadata: gguf_metadata(&tokenizer),
+                metadata: tokenizer,
             };
             ft_model::save_gguf(&fused, &out, &options).map_err(model_failure)?;
         }
@@ -267,7 +266,7 @@ fn fused_name(model: &str) -> String {
 /// other than F32/F16, or `quantization` in config.json); unknown is no.
 fn base_is_quantized(model: &str) -> bool {
     match ft_model::ModelSource::resolve(model) {
-        Ok(ft_model::ModelSource::Gguf(path)) => ft_data::GgufMetadata::read_file(&path)
+        Ok(ft_model::ModelSource::Gguf(path)) => ft_gguf::GgufMetadata::read_file(&path)
             .ok()
             .and_then(|meta| meta.get("general.file_type").and_then(GgufValue::as_u64))
             .is_some_and(|file_type| file_type > 1),
@@ -278,41 +277,6 @@ fn base_is_quantized(model: &str) -> bool {
         }
         Err(_) => false,
     }
-}
-
-/// GGUF metadata as read by ft-data, for ft-model's writer: the same
-/// types, value for value.
-fn gguf_metadata(kv: &BTreeMap<String, GgufValue>) -> BTreeMap<String, GgufMetadataValue> {
-    kv.iter()
-        .filter_map(|(key, value)| match gguf_value(value) {
-            Some(value) => Some((key.clone(), value)),
-            None => {
-                tracing::warn!(key = %key, "GGUF metadata value of an unknown type; left out");
-                None
-            }
-        })
-        .collect()
-}
-
-fn gguf_value(value: &GgufValue) -> Option<GgufMetadataValue> {
-    Some(match value {
-        GgufValue::U8(v) => GgufMetadataValue::U8(*v),
-        GgufValue::I8(v) => GgufMetadataValue::I8(*v),
-        GgufValue::U16(v) => GgufMetadataValue::U16(*v),
-        GgufValue::I16(v) => GgufMetadataValue::I16(*v),
-        GgufValue::U32(v) => GgufMetadataValue::U32(*v),
-        GgufValue::I32(v) => GgufMetadataValue::I32(*v),
-        GgufValue::U64(v) => GgufMetadataValue::U64(*v),
-        GgufValue::I64(v) => GgufMetadataValue::I64(*v),
-        GgufValue::F32(v) => GgufMetadataValue::F32(*v),
-        GgufValue::F64(v) => GgufMetadataValue::F64(*v),
-        GgufValue::Bool(v) => GgufMetadataValue::Bool(*v),
-        GgufValue::String(text) => GgufMetadataValue::String(text.clone()),
-        GgufValue::Array(items) => {
-            GgufMetadataValue::Array(items.iter().map(gguf_value).collect::<Option<_>>()?)
-        }
-        _ => return None,
-    })
 }
 
 /// Adapter file formats of `ft export`.
@@ -387,56 +351,4 @@ fn ensure_empty(dir: &std::path::Path) -> Result<(), Failure> {
         }
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// ft-data reads GGUF metadata (`GgufValue`), ft-model writes it
-    /// (`GgufMetadataValue`): every type survives the trip through both.
-    #[test]
-    fn every_gguf_metadata_type_round_trips_through_the_writer_and_the_reader() {
-        let values: BTreeMap<String, GgufValue> = [
-            ("t.u8", GgufValue::U8(7)),
-            ("t.i8", GgufValue::I8(-7)),
-            ("t.u16", GgufValue::U16(700)),
-            ("t.i16", GgufValue::I16(-700)),
-            ("t.u32", GgufValue::U32(70_000)),
-            ("t.i32", GgufValue::I32(-70_000)),
-            ("t.u64", GgufValue::U64(7 << 40)),
-            ("t.i64", GgufValue::I64(-(7 << 40))),
-            ("t.f32", GgufValue::F32(0.25)),
-            ("t.f64", GgufValue::F64(-0.125)),
-            ("t.bool", GgufValue::Bool(true)),
-            ("t.string", GgufValue::String("héllo ▁world".into())),
-            (
-                "t.strings",
-                GgufValue::Array(vec![
-                    GgufValue::String("<s>".into()),
-                    GgufValue::String(String::new()),
-                ]),
-            ),
-            (
-                "t.floats",
-                GgufValue::Array(vec![GgufValue::F32(1.5), GgufValue::F32(-2.0)]),
-            ),
-            ("t.empty", GgufValue::Array(Vec::new())),
-        ]
-        .into_iter()
-        .map(|(key, value)| (key.to_string(), value))
-        .collect();
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("meta.gguf");
-        let tensor = mlx_rs::Array::from_slice(&[1.0_f32, 2.0], &[2]);
-        ft_model::gguf::writer::write_gguf(
-            &path,
-            vec![("t.weight".into(), tensor)],
-            &gguf_metadata(&values),
-        )
-        .expect("write");
-        let read = ft_data::GgufMetadata::read_file(&path).expect("read");
-        assert_eq!(read.tensor_count, 1);
-        assert_eq!(read.kv, values);
-    }
 }

@@ -20,16 +20,10 @@ pub enum DataError {
         /// The underlying error.
         source: std::io::Error,
     },
-    /// A GGUF file's metadata is malformed.
-    #[error("GGUF{}: at offset {offset}: {message}", path.as_ref().map(|p| format!(" {}", p.display())).unwrap_or_default())]
-    Gguf {
-        /// The file, when read from one.
-        path: Option<PathBuf>,
-        /// Byte offset where the problem was found.
-        offset: u64,
-        /// What was expected and what was found.
-        message: String,
-    },
+    /// A GGUF file is malformed (located: the byte offset and what was
+    /// read there) or unreadable, or lacks a metadata key a tokenizer needs.
+    #[error(transparent)]
+    Gguf(#[from] ft_gguf::Error),
     /// The tokenizer could not be built or used.
     #[error("tokenizer: {message}")]
     Tokenizer {

@@ -3,9 +3,10 @@
 //! It owns reading datasets (JSONL in chat, prompt/completion, text and
 //! preference formats), validating them with located diagnostics, chat
 //! templates (the model's Jinja template or the built-in Mistral v0.3
-//! format), tokenization (HF `tokenizer.json` or GGUF metadata), loss masks,
-//! length-bucketed batching and packing with a resumable cursor, dataset
-//! statistics, and a "what the model sees" view of examples.
+//! format), tokenization (HF `tokenizer.json` or GGUF metadata, read and
+//! written through `ft-gguf`), loss masks, length-bucketed batching and
+//! packing with a resumable cursor, dataset statistics, and a "what the
+//! model sees" view of examples.
 //!
 //! It must not know about MLX, tensors, model weights, adapters or
 //! optimizers: batches are plain `Vec<Vec<u32>>` token ids with masks, and
@@ -19,7 +20,6 @@ pub mod diagnostic;
 pub mod encode;
 pub mod error;
 pub mod format;
-pub mod gguf;
 pub mod gguf_vocab;
 pub mod jsonl;
 pub mod render;
@@ -40,7 +40,6 @@ pub use encode::{
 };
 pub use error::{DataError, Result};
 pub use format::{Example, Format, Message, Role};
-pub use gguf::{GgufMetadata, GgufValue};
 pub use gguf_vocab::tokenizer_gguf_metadata;
 pub use jsonl::{parse_jsonl, read_jsonl, ParsedFile, Source, SourceExample};
 pub use render::{render_example, RenderedExample};

@@ -3,6 +3,8 @@
 
 use std::path::PathBuf;
 
+use ft_gguf::{GgufMetadata, GgufValue, GgufWriter};
+
 use crate::tokenizer::{SpmOptions, SpmPiece, TextTokenizer, TokenKind};
 
 /// The default model of the project (present after `cargo xtask setup`).
@@ -20,6 +22,24 @@ pub fn default_model_present() -> bool {
 /// failure under CI, else a recorded skip).
 pub fn default_tokenizer() -> Option<TextTokenizer> {
     ft_config::testing::default_model().map(|gguf| TextTokenizer::from_gguf(gguf).unwrap())
+}
+
+/// A GGUF file holding the metadata `pairs` and no tensors, as
+/// `ft_gguf`'s writer encodes it.
+pub fn gguf_bytes(pairs: &[(&str, GgufValue)]) -> Vec<u8> {
+    let kv = pairs
+        .iter()
+        .map(|(key, value)| (key.to_string(), value.clone()))
+        .collect();
+    GgufWriter::new(Vec::new(), &kv, &[])
+        .and_then(GgufWriter::finish)
+        .unwrap()
+}
+
+/// The metadata `pairs`, written as a GGUF file and read back.
+pub fn gguf_metadata(pairs: &[(&str, GgufValue)]) -> GgufMetadata {
+    let bytes = gguf_bytes(pairs);
+    GgufMetadata::read(bytes.as_slice(), bytes.len() as u64).unwrap()
 }
 
 /// A tiny SentencePiece-BPE tokenizer laid out like Mistral v3's:

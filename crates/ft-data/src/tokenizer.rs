@@ -1,5 +1,6 @@
 //! Tokenizers: from a HF `tokenizer.json` (+ `tokenizer_config.json`), from
-//! GGUF metadata, or from a SentencePiece-BPE / byte-level BPE vocabulary.
+//! GGUF metadata (built in [`crate::gguf_vocab`]), or from a
+//! SentencePiece-BPE / byte-level BPE vocabulary.
 //!
 //! Whatever the source, the result is a [`TextTokenizer`]: a
 //! [`tokenizers::Tokenizer`] plus the special-token facts ft-data needs (BOS,
@@ -27,7 +28,6 @@ use tokenizers::{
 };
 
 use crate::error::{DataError, Result};
-use crate::gguf::GgufMetadata;
 
 /// Token strings that close a turn in common chat formats; those present in
 /// the vocabulary count as end-of-turn tokens (trained on, see
@@ -70,20 +70,6 @@ pub enum TokenKind {
     Unused,
     /// A byte-fallback piece `<0xXX>`.
     Byte,
-}
-
-impl TokenKind {
-    /// From a GGUF token type number (unknown numbers count as normal).
-    pub fn from_gguf(value: i64) -> Self {
-        match value {
-            2 => TokenKind::Unknown,
-            3 => TokenKind::Control,
-            4 => TokenKind::UserDefined,
-            5 => TokenKind::Unused,
-            6 => TokenKind::Byte,
-            _ => TokenKind::Normal,
-        }
-    }
 }
 
 /// One entry of a SentencePiece vocabulary.
@@ -290,150 +276,6 @@ impl TextTokenizer {
             bos_text,
             eos_text,
         ))
-    }
-
-    /// Loads the tokenizer stored in a GGUF file's metadata.
-    pub fn from_gguf(path: impl AsRef<Path>) -> Result<Self> {
-        let meta = GgufMetadata::read_file(path.as_ref())?;
-        let mut tokenizer = Self::from_gguf_metadata(&meta)
-            .map_err(|e| DataError::tokenizer(format!("{}: {e}", path.as_ref().display())))?;
-        if tokenizer.chat_template.is_some() {
-            tokenizer.chat_template_origin = Some(format!(
-                "{} metadata `tokenizer.chat_template`",
-                path.as_ref().display()
-            ));
-        }
-        Ok(tokenizer)
-    }
-
-    /// Builds the tokenizer described by GGUF metadata
-    /// (`tokenizer.ggml.model` = `gpt2` or `llama`).
-    pub fn from_gguf_metadata(meta: &GgufMetadata) -> Result<Self> {
-        let model = meta.get_str("tokenizer.ggml.model")?;
-        let tokens = meta.get_str_array("tokenizer.ggml.tokens")?;
-        let kinds: Vec<TokenKind> = match meta.get_i64_array("tokenizer.ggml.token_type")? {
-            Some(types) if types.len() == tokens.len() => {
-                types.into_iter().map(TokenKind::from_gguf).collect()
-            }
-            Some(types) => {
-                return Err(DataError::tokenizer(format!(
-                    "tokenizer.ggml.token_type has {} entries for {} tokens",
-                    types.len(),
-                    tokens.len()
-                )))
-            }
-            None => vec![TokenKind::Normal; tokens.len()],
-        };
-        let bos = meta.get_u32("tokenizer.ggml.bos_token_id")?;
-        let eos = meta.get_u32("tokenizer.ggml.eos_token_id")?;
-        let pad = meta.get_u32("tokenizer.ggml.padding_token_id")?;
-        let unk = meta.get_u32("tokenizer.ggml.unknown_token_id")?;
-        for (name, id) in [
-            ("bos", bos),
-            ("eos", eos),
-            ("padding", pad),
-            ("unknown", unk),
-        ] {
-            if let Some(id) = id {
-                if id as usize >= tokens.len() {
-                    return Err(DataError::tokenizer(format!(
-                        "{name} token id {id} is outside the vocabulary of {}",
-                        tokens.len()
-                    )));
-                }
-            }
-        }
-        let chat_template = match meta.get("tokenizer.chat_template") {
-            Some(v) => Some(
-                v.as_str()
-                    .ok_or_else(|| DataError::tokenizer("tokenizer.chat_template is not a string"))?
-                    .to_string(),
-            ),
-            None => None,
-        };
-        match model {
-            "gpt2" => {
-                let merges = meta.get_str_array("tokenizer.ggml.merges")?;
-                let merges = merges
-                    .iter()
-                    .enumerate()
-                    .map(|(i, m)| {
-                        m.split_once(' ')
-                            .map(|(a, b)| (a.to_string(), b.to_string()))
-                            .ok_or_else(|| {
-                                DataError::tokenizer(format!("merge {i} {m:?} has no space"))
-                            })
-                    })
-                    .collect::<Result<Vec<_>>>()?;
-                let pre = match meta.get("tokenizer.ggml.pre") {
-                    Some(v) => v.as_str().unwrap_or("default"),
-                    None => "default",
-                };
-                let add_bos = meta
-                    .get_bool("tokenizer.ggml.add_bos_token")?
-                    .unwrap_or(false);
-                let add_eos = meta
-                    .get_bool("tokenizer.ggml.add_eos_token")?
-                    .unwrap_or(false);
-                let special = SpecialTokens {
-                    bos,
-                    eos,
-                    pad,
-                    unk,
-                    add_bos,
-                    add_eos,
-                    end_of_turn: Vec::new(),
-                };
-                Self::from_byte_level_bpe(&tokens, &kinds, merges, pre, special, chat_template)
-            }
-            "llama" => {
-                let scores = meta
-                    .get_f64_array("tokenizer.ggml.scores")?
-                    .ok_or_else(|| {
-                        DataError::tokenizer(
-                            "a llama (SentencePiece) vocabulary needs tokenizer.ggml.scores",
-                        )
-                    })?;
-                if scores.len() != tokens.len() {
-                    return Err(DataError::tokenizer(format!(
-                        "tokenizer.ggml.scores has {} entries for {} tokens",
-                        scores.len(),
-                        tokens.len()
-                    )));
-                }
-                let pieces = tokens
-                    .iter()
-                    .zip(&scores)
-                    .zip(&kinds)
-                    .map(|((piece, score), kind)| SpmPiece {
-                        piece: (*piece).to_string(),
-                        score: *score as f32,
-                        kind: *kind,
-                    })
-                    .collect();
-                let options = SpmOptions {
-                    merges: None,
-                    add_space_prefix: meta
-                        .get_bool("tokenizer.ggml.add_space_prefix")?
-                        .unwrap_or(true),
-                    bos,
-                    eos,
-                    pad,
-                    add_bos: meta
-                        .get_bool("tokenizer.ggml.add_bos_token")?
-                        .unwrap_or(true),
-                    add_eos: meta
-                        .get_bool("tokenizer.ggml.add_eos_token")?
-                        .unwrap_or(false),
-                };
-                let mut tok = Self::from_sentencepiece_bpe(pieces, options)?;
-                tok.chat_template = chat_template;
-                Ok(tok)
-            }
-            other => Err(DataError::tokenizer(format!(
-                "unsupported tokenizer.ggml.model {other:?} (supported: gpt2, llama)"
-            ))),
-        }
     }
 
     /// Builds a byte-level BPE tokenizer (GPT-2 style) from tokens, their
@@ -654,6 +496,11 @@ impl TextTokenizer {
         self.chat_template_origin = None;
     }
 
+    /// Records where the chat template was read (a file and field).
+    pub(crate) fn set_chat_template_origin(&mut self, origin: String) {
+        self.chat_template_origin = Some(origin);
+    }
+
     /// Where the model's chat template was read (a file and field), when known.
     pub fn chat_template_origin(&self) -> Option<&str> {
         self.chat_template_origin.as_deref()
@@ -808,7 +655,7 @@ fn merges_from_scores(pieces: &[SpmPiece], vocab: &Vocab) -> Vec<(String, String
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use crate::test_support::{default_model_path, default_model_present, tiny_spm};
+    use crate::test_support::tiny_spm;
 
     #[test]
     fn spm_byte_fallback_and_prefix() {
@@ -866,100 +713,5 @@ mod tests {
         let tok = TextTokenizer::from_tokenizer_json(dir.path().join("tokenizer.json")).unwrap();
         assert!(!tok.special().add_bos);
         assert!(tok.chat_template().is_none());
-    }
-
-    #[test]
-    fn builds_sentencepiece_from_gguf_metadata() {
-        use crate::gguf::{write::gguf_bytes, GgufValue};
-        let tiny = tiny_spm();
-        let n = tiny.vocab_size() as u32;
-        let mut tokens = Vec::new();
-        let mut scores = Vec::new();
-        let mut types = Vec::new();
-        for id in 0..n {
-            let piece = tiny.piece(id).unwrap();
-            let kind = match id {
-                0 => 2,
-                1..=4 => 3,
-                _ if piece.starts_with("<0x") => 6,
-                _ => 1,
-            };
-            scores.push(GgufValue::F32(-(id as f32)));
-            types.push(GgufValue::I32(kind));
-            tokens.push(GgufValue::String(piece));
-        }
-        let bytes = gguf_bytes(&[
-            ("tokenizer.ggml.model", GgufValue::String("llama".into())),
-            ("tokenizer.ggml.tokens", GgufValue::Array(tokens)),
-            ("tokenizer.ggml.scores", GgufValue::Array(scores)),
-            ("tokenizer.ggml.token_type", GgufValue::Array(types)),
-            ("tokenizer.ggml.bos_token_id", GgufValue::U32(1)),
-            ("tokenizer.ggml.eos_token_id", GgufValue::U32(2)),
-            (
-                "tokenizer.chat_template",
-                GgufValue::String("{{ messages[0].content }}".into()),
-            ),
-        ]);
-        let meta = GgufMetadata::read(bytes.as_slice(), bytes.len() as u64).unwrap();
-        let tok = TextTokenizer::from_gguf_metadata(&meta).unwrap();
-        let s = tok.special();
-        assert_eq!(
-            (s.bos, s.eos, s.add_bos, s.unk),
-            (Some(1), Some(2), true, Some(0))
-        );
-        assert!(tok.chat_template().is_some());
-        // Merges derived from the scores give the same pieces as the original.
-        for text in ["the world", "hi ab", "ab ab éh"] {
-            assert_eq!(
-                tok.encode_literal(text).unwrap(),
-                tiny.encode_literal(text).unwrap(),
-                "{text}"
-            );
-            let ids = tok.encode_literal(text).unwrap();
-            assert_eq!(tok.decode(&ids, false).unwrap(), text);
-        }
-        // Control tokens are never made from text by merges.
-        assert!(!tok.encode_literal("[INST]").unwrap().contains(&3));
-
-        // Broken metadata gives errors, not panics.
-        let bad = gguf_bytes(&[("tokenizer.ggml.model", GgufValue::String("rwkv".into()))]);
-        let meta = GgufMetadata::read(bad.as_slice(), bad.len() as u64).unwrap();
-        assert!(TextTokenizer::from_gguf_metadata(&meta).is_err());
-        let bad = gguf_bytes(&[
-            ("tokenizer.ggml.model", GgufValue::String("gpt2".into())),
-            (
-                "tokenizer.ggml.tokens",
-                GgufValue::Array(vec![GgufValue::String("a".into())]),
-            ),
-            (
-                "tokenizer.ggml.merges",
-                GgufValue::Array(vec![GgufValue::String("a".into())]),
-            ),
-        ]);
-        let meta = GgufMetadata::read(bad.as_slice(), bad.len() as u64).unwrap();
-        let err = TextTokenizer::from_gguf_metadata(&meta)
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("merge 0"), "{err}");
-    }
-
-    #[test]
-    fn default_model_gguf_tokenizer() {
-        if !default_model_present() {
-            return;
-        }
-        let path = default_model_path();
-        let tok = TextTokenizer::from_gguf(&path).unwrap();
-        let s = tok.special();
-        assert_eq!((s.bos, s.eos, s.add_bos), (Some(1), Some(2), false));
-        assert!(s.end_of_turn.contains(&2) && s.end_of_turn.contains(&0));
-        assert_eq!(tok.encode("<|im_start|>user").unwrap()[0], 1);
-        let text = "Hello world! 12345  tabs\tand\nnewlines — ünïcode 🤖";
-        let ids = tok.encode_literal(text).unwrap();
-        assert_eq!(tok.decode(&ids, false).unwrap(), text);
-        // Digits are split one by one for this family.
-        let digits = tok.encode_literal("2024").unwrap();
-        assert_eq!(digits.len(), 4);
-        assert!(tok.chat_template().unwrap().contains("<|im_start|>"));
     }
 }

@@ -17,6 +17,10 @@ pub enum Error {
         /// What MLX reported.
         message: String,
     },
+    /// A GGUF file is malformed (located: the byte offset and what was
+    /// read there), or could not be read or written.
+    #[error(transparent)]
+    Gguf(#[from] ft_gguf::Error),
     /// A file could not be read or written.
     #[error("{path}: {source}")]
     Io {

@@ -1,14 +1,17 @@
 //! Saving a model as one llama.cpp-compatible GGUF file, streamed one
-//! tensor at a time by [`crate::gguf::writer`]: llama.cpp's tensor names, its Q/K row order,
+//! tensor at a time through [`ft_gguf::GgufWriter`] (each tensor is
+//! computed, written and dropped before the next, so a 7B model fused into
+//! float16 never exists whole in memory; MLX's own writer, `mlx_save_gguf`,
+//! takes every tensor at once): llama.cpp's tensor names, its Q/K row order,
 //! the `llama.*` hyper-parameters, float16 or float32 weights (norms always
 //! float32, as llama.cpp's converter writes them), plus whatever metadata
 //! the caller adds (the tokenizer: ft-model does not know about text).
 
-pub use crate::gguf::writer::GgufMetadataValue;
 use crate::gguf::{hf_rows_to_llama_cpp, BLOCK_TENSOR_NAMES};
 use crate::layers::Weight;
 use crate::model::{Model, Projection};
 use crate::{Error, Result};
+use ft_gguf::{GgmlType, GgufTensorSpec, GgufValue, GgufWriter};
 use mlx_rs::{Array, Dtype};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -29,7 +32,7 @@ pub struct GgufExportOptions {
     /// `tokenizer.chat_template`. Keys the writer derives from the model
     /// (`general.architecture`, `general.file_type`, `llama.*`) cannot be
     /// given here.
-    pub metadata: BTreeMap<String, GgufMetadataValue>,
+    pub metadata: BTreeMap<String, GgufValue>,
 }
 
 impl Default for GgufExportOptions {
@@ -71,11 +74,17 @@ pub fn save_gguf(model: &Model, path: &Path, options: &GgufExportOptions) -> Res
                 .into(),
         ));
     }
-    for key in options.metadata.keys() {
+    for (key, value) in &options.metadata {
         if key == "general.architecture" || key == "general.file_type" || key.starts_with("llama.")
         {
             return Err(fail(format!(
                 "metadata `{key}` is derived from the model and cannot be given"
+            )));
+        }
+        let items = value.as_array().unwrap_or_default();
+        if items.iter().any(|item| matches!(item, GgufValue::Array(_))) {
+            return Err(fail(format!(
+                "metadata `{key}`: lists of lists are not written (MLX's GGUF reader refuses them)"
             )));
         }
     }
@@ -83,7 +92,7 @@ pub fn save_gguf(model: &Model, path: &Path, options: &GgufExportOptions) -> Res
     let tensors = llama_cpp_tensors(model, options.dtype, &fail)?;
     let mut metadata = model_metadata(model, file_type, &fail)?;
     if let Some(name) = &options.name {
-        metadata.insert("general.name".into(), GgufMetadataValue::string(name));
+        metadata.insert("general.name".into(), GgufValue::string(name));
     }
     for (key, value) in &options.metadata {
         metadata.insert(key.clone(), value.clone());
@@ -97,7 +106,7 @@ pub fn save_gguf(model: &Model, path: &Path, options: &GgufExportOptions) -> Res
     }
     // Written under a partial name and renamed: no half file under `path`.
     let partial = partial_path(path);
-    let written = crate::gguf::writer::write_gguf(&partial, tensors, &metadata);
+    let written = write_gguf(path, &partial, tensors, &metadata);
     if let Err(error) = written {
         let _ = std::fs::remove_file(&partial);
         return Err(error);
@@ -106,6 +115,65 @@ pub fn save_gguf(model: &Model, path: &Path, options: &GgufExportOptions) -> Res
         path: path.to_path_buf(),
         source,
     })
+}
+
+/// Writes `tensors` (float32 or float16, in the order given; each one is
+/// evaluated, written and dropped in turn) and `metadata` to `partial`.
+/// What the writer refuses is an export error about `path`.
+fn write_gguf(
+    path: &Path,
+    partial: &Path,
+    tensors: Vec<(String, Array)>,
+    metadata: &BTreeMap<String, GgufValue>,
+) -> Result<()> {
+    let refused = |error: ft_gguf::Error| match error {
+        ft_gguf::Error::Write { message, .. } => Error::Export {
+            path: path.to_path_buf(),
+            message,
+        },
+        other => Error::Gguf(other),
+    };
+    let specs = tensors
+        .iter()
+        .map(|(name, array)| {
+            let ggml_type = match array.dtype() {
+                Dtype::Float32 => GgmlType::F32,
+                Dtype::Float16 => GgmlType::F16,
+                other => {
+                    return Err(Error::Export {
+                        path: path.to_path_buf(),
+                        message: format!(
+                            "tensor {name} is {other:?}; GGUF tensors are written as float32 \
+                             or float16"
+                        ),
+                    })
+                }
+            };
+            let shape: Vec<u64> = array.shape().iter().map(|&dim| dim as u64).collect();
+            Ok(GgufTensorSpec::row_major(name.clone(), &shape, ggml_type))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let mut writer = GgufWriter::create(partial, metadata, &specs).map_err(refused)?;
+    let mut buffer = Vec::new();
+    for (_, array) in tensors {
+        array.eval()?;
+        buffer.clear();
+        match array.dtype() {
+            Dtype::Float16 => {
+                for value in array.as_slice::<half::f16>() {
+                    buffer.extend(value.to_le_bytes());
+                }
+            }
+            _ => {
+                for value in array.as_slice::<f32>() {
+                    buffer.extend(value.to_le_bytes());
+                }
+            }
+        }
+        drop(array);
+        writer.write_tensor(&buffer).map_err(refused)?;
+    }
+    writer.finish_file().map_err(refused)
 }
 
 /// `dir/name.gguf` -> `dir/name.partial.gguf`.
@@ -186,12 +254,12 @@ fn model_metadata(
     model: &Model,
     file_type: u32,
     fail: &dyn Fn(String) -> Error,
-) -> Result<BTreeMap<String, GgufMetadataValue>> {
+) -> Result<BTreeMap<String, GgufValue>> {
     let args = &model.args;
-    let count = |key: &str, value: usize| -> Result<(String, GgufMetadataValue)> {
+    let count = |key: &str, value: usize| -> Result<(String, GgufValue)> {
         let value = u32::try_from(value)
             .map_err(|_| fail(format!("`{key}` = {value} does not fit in a u32")))?;
-        Ok((key.to_string(), GgufMetadataValue::U32(value)))
+        Ok((key.to_string(), GgufValue::U32(value)))
     };
     let context = match args.max_position_embeddings {
         Some(length) => length,
@@ -203,7 +271,7 @@ fn model_metadata(
             FALLBACK_CONTEXT_LENGTH as usize
         }
     };
-    let mut metadata: BTreeMap<String, GgufMetadataValue> = [
+    let mut metadata: BTreeMap<String, GgufValue> = [
         count("llama.context_length", context)?,
         count("llama.embedding_length", args.hidden_size)?,
         count("llama.block_count", args.num_layers)?,
@@ -224,20 +292,14 @@ fn model_metadata(
     }
     metadata.insert(
         "llama.attention.layer_norm_rms_epsilon".into(),
-        GgufMetadataValue::F32(args.rms_norm_eps),
+        GgufValue::F32(args.rms_norm_eps),
     );
     metadata.insert(
         "llama.rope.freq_base".into(),
-        GgufMetadataValue::F32(args.rope_theta),
+        GgufValue::F32(args.rope_theta),
     );
-    metadata.insert(
-        "general.architecture".into(),
-        GgufMetadataValue::string("llama"),
-    );
-    metadata.insert(
-        "general.file_type".into(),
-        GgufMetadataValue::U32(file_type),
-    );
+    metadata.insert("general.architecture".into(), GgufValue::string("llama"));
+    metadata.insert("general.file_type".into(), GgufValue::U32(file_type));
     Ok(metadata)
 }
 
@@ -320,15 +382,11 @@ mod tests {
         };
         options.metadata.insert(
             "tokenizer.ggml.tokens".into(),
-            GgufMetadataValue::Array(vec![
-                GgufMetadataValue::string("<s>"),
-                GgufMetadataValue::string("a b"),
-            ]),
+            GgufValue::Array(vec![GgufValue::string("<s>"), GgufValue::string("a b")]),
         );
-        options.metadata.insert(
-            "tokenizer.ggml.add_bos_token".into(),
-            GgufMetadataValue::Bool(true),
-        );
+        options
+            .metadata
+            .insert("tokenizer.ggml.add_bos_token".into(), GgufValue::Bool(true));
         save_gguf(&model, &path, &options).expect("save");
         let file = crate::gguf::GgufFile::open(&path).expect("open");
         let tensors = file.tensors().expect("tensors");
@@ -356,10 +414,7 @@ mod tests {
             q.as_dtype(Dtype::Float32).expect("cast").as_slice::<f32>(),
             hf.as_dtype(Dtype::Float32).expect("cast").as_slice::<f32>()
         );
-        assert_eq!(
-            file.metadata_string("general.architecture").as_deref(),
-            Some("llama")
-        );
+        assert_eq!(file.metadata_string("general.architecture"), Some("llama"));
         assert_eq!(
             file.metadata_number("general.file_type").expect("read"),
             Some(1.0)
@@ -381,21 +436,26 @@ mod tests {
             not_a_number.to_string().contains("expected a number"),
             "{not_a_number}"
         );
-        let head_count = file
-            .metadata_array("llama.attention.head_count")
-            .expect("read")
-            .expect("key");
-        assert_eq!(head_count.dtype(), Dtype::Uint32);
-        let eps = file
-            .metadata_array("llama.attention.layer_norm_rms_epsilon")
-            .expect("read")
-            .expect("key");
-        assert_eq!(eps.dtype(), Dtype::Float32);
-        let add_bos = file
-            .metadata_array("tokenizer.ggml.add_bos_token")
-            .expect("read")
-            .expect("key");
-        assert_eq!(add_bos.dtype(), Dtype::Bool);
+        // Typed as llama.cpp checks them: u32 counts, f32 epsilon, bool flags.
+        let metadata = file.metadata();
+        assert_eq!(
+            metadata.get("llama.attention.head_count"),
+            Some(&GgufValue::U32(8))
+        );
+        assert!(matches!(
+            metadata.get("llama.attention.layer_norm_rms_epsilon"),
+            Some(GgufValue::F32(_))
+        ));
+        assert_eq!(
+            metadata.get("tokenizer.ggml.add_bos_token"),
+            Some(&GgufValue::Bool(true))
+        );
+        assert_eq!(
+            metadata
+                .get_str_array("tokenizer.ggml.tokens")
+                .expect("tokens"),
+            vec!["<s>", "a b"]
+        );
 
         // float16 weights: close to, not equal to, the float32 model.
         let reloaded =
@@ -439,19 +499,27 @@ mod tests {
         let mut clash = GgufExportOptions::default();
         clash
             .metadata
-            .insert("llama.block_count".into(), GgufMetadataValue::U32(3));
+            .insert("llama.block_count".into(), GgufValue::U32(3));
         let error = save_gguf(&dense, &path, &clash).expect_err("derived key");
         assert!(error.to_string().contains("llama.block_count"), "{error}");
         let mut mixed = GgufExportOptions::default();
         mixed.metadata.insert(
             "tokenizer.ggml.scores".into(),
-            GgufMetadataValue::Array(vec![GgufMetadataValue::F32(1.0), GgufMetadataValue::U8(1)]),
+            GgufValue::Array(vec![GgufValue::F32(1.0), GgufValue::U8(1)]),
         );
         let error = save_gguf(&dense, &path, &mixed).expect_err("mixed list");
+        assert!(matches!(error, Error::Export { .. }), "{error:?}");
         assert!(
             error.to_string().contains("tokenizer.ggml.scores"),
             "{error}"
         );
+        let mut nested = GgufExportOptions::default();
+        nested.metadata.insert(
+            "tokenizer.ggml.merges".into(),
+            GgufValue::Array(vec![GgufValue::Array(vec![GgufValue::U8(1)])]),
+        );
+        let error = save_gguf(&dense, &path, &nested).expect_err("nested list");
+        assert!(error.to_string().contains("lists of lists"), "{error}");
         assert!(!path.exists());
     }
 

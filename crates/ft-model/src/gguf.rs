@@ -1,181 +1,90 @@
-//! GGUF files through MLX's own loader (`mlx_load_gguf`): tensors come back
-//! as MLX arrays (Q4_0/Q4_1/Q8_0 as MLX affine-quantized triples), metadata
-//! is queried by key.
+//! GGUF files through MLX's own loader (`mlx_rs::io::GgufFile`, over
+//! `mlx_load_gguf`): tensors come back as MLX arrays (Q4_0/Q4_1/Q8_0 as
+//! MLX affine-quantized triples). The file's structure and metadata are
+//! read in Rust by `ft-gguf` first ([`layout::read_layout`]): MLX's reader
+//! trusts every count and offset in the file, and metadata numbers read
+//! there never go through MLX arithmetic (Metal has no float64). Only the
+//! tensors come from MLX.
 
 mod layout;
-pub mod writer;
 
-pub use layout::{read_layout, GgufLayout, GgufScalar, GgufTensorInfo};
+use layout::check_writable;
+pub use layout::{read_layout, MLX_GGML_TYPES};
 
 use crate::{Error, Result};
+use ft_gguf::{GgufLayout, GgufMetadata, GgufValue};
+use mlx_rs::io::GgufError;
 use mlx_rs::Array;
 use std::collections::HashMap;
-use std::ffi::{CStr, CString};
 use std::path::{Path, PathBuf};
 
-/// An opened GGUF file.
+/// An opened GGUF file: its checked layout and metadata, and MLX's handle
+/// on its tensors.
 pub struct GgufFile {
-    handle: mlx_sys::mlx_io_gguf,
+    file: mlx_rs::io::GgufFile,
     path: PathBuf,
     layout: GgufLayout,
 }
 
-impl Drop for GgufFile {
-    fn drop(&mut self) {
-        // SAFETY: the handle came from mlx_load_gguf and is freed once.
-        unsafe {
-            mlx_sys::mlx_io_gguf_free(self.handle);
-        }
-    }
-}
-
 impl GgufFile {
-    /// Opens `path`; a file that is not GGUF (or is truncated) is an error naming it.
+    /// Opens `path`; a file that is not GGUF, is truncated or holds what
+    /// MLX's reader cannot take is an error naming it and the offset.
     pub fn open(path: &Path) -> Result<Self> {
         // gguflib trusts every length and offset in the file: check them first.
         let layout = read_layout(path)?;
-        layout::check_writable(path)?;
-        // Make sure mlx-rs's error handler (which records instead of exiting) is installed.
-        mlx_rs::ops::zeros::<f32>(&[1])?.eval()?;
-        let c_path = CString::new(path.to_string_lossy().as_bytes()).map_err(|_| Error::MlxIo {
+        check_writable(path)?;
+        // mlx-rs's wrapper calls the same `mlx_load_gguf` on the CPU stream
+        // (none is scoped here) and checks dtypes only when saving: every
+        // type `MLX_GGML_TYPES` admits loads as it did through our own FFI.
+        // It installs mlx-rs's error handler and frees the handle itself.
+        let file = mlx_rs::io::GgufFile::load(path).map_err(|error| Error::MlxIo {
             path: path.to_path_buf(),
-            message: "path contains a NUL byte".into(),
+            message: match error {
+                GgufError::UnsupportedExtension => "MLX's GGUF loader opens only files whose \
+                    name ends in `.gguf`: rename the file, or link it under such a name"
+                    .into(),
+                GgufError::InvalidPathUtf8 => {
+                    "MLX's GGUF loader needs a path that is valid UTF-8".into()
+                }
+                other => format!("MLX could not read this GGUF file: {other}"),
+            },
         })?;
-        // SAFETY: plain FFI calls with valid pointers; status checked.
-        unsafe {
-            let mut handle = mlx_sys::mlx_io_gguf_new();
-            let stream = mlx_sys::mlx_default_cpu_stream_new();
-            let status = mlx_sys::mlx_load_gguf(&mut handle, c_path.as_ptr(), stream);
-            mlx_sys::mlx_stream_free(stream);
-            if status != 0 {
-                mlx_sys::mlx_io_gguf_free(handle);
-                return Err(Error::MlxIo {
-                    path: path.to_path_buf(),
-                    message:
-                        "MLX could not read this GGUF file (corrupt or unsupported tensor type)"
-                            .into(),
-                });
-            }
-            Ok(Self {
-                handle,
-                path: path.to_path_buf(),
-                layout,
-            })
-        }
+        Ok(Self {
+            file,
+            path: path.to_path_buf(),
+            layout,
+        })
     }
 
     /// All tensors, by GGUF name (quantized ones as `name.weight`/`.scales`/`.biases`
     /// or `name`/`name.scales`/... as MLX returns them).
     pub fn tensors(&self) -> Result<HashMap<String, Array>> {
-        let mut tensors = HashMap::new();
-        // SAFETY: FFI over the handle we own; strings copied before free.
-        unsafe {
-            let mut keys = mlx_sys::mlx_vector_string_new();
-            if mlx_sys::mlx_io_gguf_get_keys(&mut keys, self.handle) != 0 {
-                mlx_sys::mlx_vector_string_free(keys);
-                return Err(self.error("could not list tensors"));
-            }
-            let count = mlx_sys::mlx_vector_string_size(keys);
-            for index in 0..count {
-                let mut raw: *mut std::ffi::c_char = std::ptr::null_mut();
-                if mlx_sys::mlx_vector_string_get(&mut raw, keys, index) != 0 || raw.is_null() {
-                    continue;
-                }
-                let key = CStr::from_ptr(raw).to_string_lossy().into_owned();
-                let c_key = CString::new(key.clone()).unwrap_or_default();
-                let mut array = mlx_sys::mlx_array_new();
-                if mlx_sys::mlx_io_gguf_get_array(&mut array, self.handle, c_key.as_ptr()) != 0 {
-                    mlx_sys::mlx_array_free(array);
-                    mlx_sys::mlx_vector_string_free(keys);
-                    return Err(self.error(&format!("could not read tensor {key}")));
-                }
-                tensors.insert(key, Array::from_ptr(array));
-            }
-            mlx_sys::mlx_vector_string_free(keys);
-        }
-        Ok(tensors)
+        self.file.arrays().map_err(|error| Error::MlxIo {
+            path: self.path.clone(),
+            message: format!("MLX could not read the tensors: {error}"),
+        })
     }
 
-    /// A string metadata value, if present.
-    pub fn metadata_string(&self, key: &str) -> Option<String> {
-        let c_key = CString::new(key).ok()?;
-        // SAFETY: FFI over the handle we own; the string is copied before free.
-        unsafe {
-            let mut present = false;
-            let status =
-                mlx_sys::mlx_io_gguf_has_metadata_string(&mut present, self.handle, c_key.as_ptr());
-            if status != 0 || !present {
-                return None;
-            }
-            let mut value = mlx_sys::mlx_string_new();
-            let status =
-                mlx_sys::mlx_io_gguf_get_metadata_string(&mut value, self.handle, c_key.as_ptr());
-            let data = mlx_sys::mlx_string_data(value);
-            let text = (status == 0 && !data.is_null())
-                .then(|| CStr::from_ptr(data).to_string_lossy().into_owned());
-            mlx_sys::mlx_string_free(value);
-            text
-        }
+    /// The file's metadata, read and checked in Rust when it was opened.
+    pub fn metadata(&self) -> &GgufMetadata {
+        &self.layout.metadata
     }
 
-    /// A numeric metadata array (or scalar) as MLX reads it, if present.
-    /// MLX's own failure to read a present key is an error, not "absent".
-    pub fn metadata_array(&self, key: &str) -> Result<Option<Array>> {
-        let c_key =
-            CString::new(key).map_err(|_| self.error("metadata key contains a NUL byte"))?;
-        // SAFETY: FFI over the handle we own.
-        unsafe {
-            let mut present = false;
-            let status =
-                mlx_sys::mlx_io_gguf_has_metadata_array(&mut present, self.handle, c_key.as_ptr());
-            if !self.metadata_status(status, key)? || !present {
-                return Ok(None);
-            }
-            let mut array = mlx_sys::mlx_array_new();
-            let status =
-                mlx_sys::mlx_io_gguf_get_metadata_array(&mut array, self.handle, c_key.as_ptr());
-            match self.metadata_status(status, key) {
-                Ok(true) => Ok(Some(Array::from_ptr(array))),
-                other => {
-                    mlx_sys::mlx_array_free(array);
-                    other.map(|_| None)
-                }
-            }
-        }
+    /// A string metadata value, if present (and a string).
+    pub fn metadata_string(&self, key: &str) -> Option<&str> {
+        self.metadata().get(key).and_then(GgufValue::as_str)
     }
 
-    /// What an mlx-c GGUF metadata call's status means: 0 found, 2 no such
-    /// key, 3 a value of another type, anything else MLX failed.
-    fn metadata_status(&self, status: i32, key: &str) -> Result<bool> {
-        match status {
-            0 => Ok(true),
-            2 => Ok(false),
-            3 => Err(self.error(&format!(
-                "metadata `{key}` holds another type of value than the one asked for"
-            ))),
-            _ => Err(self.mlx_failure(&format!("reading metadata `{key}` (status {status})"))),
-        }
-    }
-
-    /// A scalar numeric (or boolean) metadata value, read from the file in
-    /// Rust: no MLX operation runs, so this works whatever the default device.
-    /// A key holding a string or an array is an error that says so.
+    /// A scalar numeric (or boolean, as 0 or 1) metadata value. A key
+    /// holding a string or a list is an error that says so.
     pub fn metadata_number(&self, key: &str) -> Result<Option<f64>> {
-        if let Some(scalar) = self.layout.scalars.get(key) {
-            return Ok(Some(scalar.as_f64()));
-        }
-        let present_otherwise =
-            self.metadata_string(key).is_some() || self.metadata_array(key)?.is_some();
-        if present_otherwise {
-            return Err(Error::Config {
-                path: self.path.clone(),
-                message: format!("metadata `{key}`: expected a number, got a string or an array"),
-            });
-        }
-        Ok(None)
+        metadata_number(self.metadata(), key).map_err(|message| Error::Config {
+            path: self.path.clone(),
+            message,
+        })
     }
 
-    /// The layout checked when the file was opened (tensors and scalar metadata).
+    /// The layout checked when the file was opened (tensor table and metadata).
     pub fn layout(&self) -> &GgufLayout {
         &self.layout
     }
@@ -184,18 +93,28 @@ impl GgufFile {
     pub fn path(&self) -> &Path {
         &self.path
     }
+}
 
-    /// MLX's reader failed on something the file does hold.
-    fn mlx_failure(&self, doing: &str) -> Error {
-        self.error(&format!("MLX failed {doing}"))
+/// The number stored at `key` (a boolean as 0 or 1), if present; a string
+/// or a list there is an error naming the key.
+pub(crate) fn metadata_number(
+    metadata: &GgufMetadata,
+    key: &str,
+) -> std::result::Result<Option<f64>, String> {
+    let Some(value) = metadata.get(key) else {
+        return Ok(None);
+    };
+    match value {
+        GgufValue::Bool(flag) => Some(f64::from(u8::from(*flag))),
+        other => other.as_f64(),
     }
-
-    fn error(&self, message: &str) -> Error {
-        Error::MlxIo {
-            path: self.path.clone(),
-            message: message.to_string(),
-        }
-    }
+    .map(Some)
+    .ok_or_else(|| {
+        format!(
+            "metadata `{key}`: expected a number, got a {}",
+            value.type_name()
+        )
+    })
 }
 
 /// llama.cpp's name of each decoder-block tensor (`blk.N.<name>.weight`)
@@ -252,39 +171,43 @@ mod tests {
     use super::*;
 
     #[test]
-    fn metadata_statuses_are_found_absent_or_errors_never_absent_on_failure() {
+    fn metadata_comes_from_the_rust_reader_and_tensors_from_mlx() {
         let root = tempfile::tempdir().expect("tempdir");
         let model = crate::tiny::tiny_model(3, &crate::LoadOptions::default()).expect("tiny model");
         let path = root.path().join("tiny.gguf");
         crate::export_gguf::save_gguf(&model, &path, &Default::default()).expect("save");
         let file = GgufFile::open(&path).expect("open");
-        assert!(file.metadata_status(0, "k").expect("found"));
-        assert!(!file.metadata_status(2, "k").expect("absent"));
-        let wrong = file.metadata_status(3, "k").expect_err("wrong type");
-        assert!(wrong.to_string().contains("another type"), "{wrong}");
-        let failed = file
-            .metadata_status(1, "llama.block_count")
-            .expect_err("MLX failed");
-        let message = failed.to_string();
-        assert!(
-            message.contains("MLX failed reading metadata `llama.block_count`")
-                && message.contains(&path.display().to_string()),
-            "{message}"
-        );
-        // Through MLX: present, absent, and a string asked for as an array.
-        assert!(file
-            .metadata_array("llama.block_count")
-            .expect("read")
-            .is_some());
-        assert!(file.metadata_array("no.such.key").expect("read").is_none());
-        assert!(file
-            .metadata_array("general.architecture")
-            .expect("read")
-            .is_none());
-        // Numbers come from the Rust reader, whatever MLX's default device.
+        assert_eq!(file.metadata_string("general.architecture"), Some("llama"));
+        assert_eq!(file.metadata_string("llama.block_count"), None);
         assert_eq!(
             file.metadata_number("llama.block_count").expect("read"),
             Some(2.0)
+        );
+        assert_eq!(file.metadata_number("no.such.key").expect("read"), None);
+        let error = file
+            .metadata_number("general.architecture")
+            .expect_err("a string");
+        assert!(
+            error
+                .to_string()
+                .contains("expected a number, got a string"),
+            "{error}"
+        );
+        assert_eq!(
+            file.layout().tensors.len(),
+            file.metadata().tensor_count as usize
+        );
+        let tensors = file.tensors().expect("tensors");
+        assert_eq!(tensors.len(), file.layout().tensors.len());
+        assert!(tensors.contains_key("token_embd.weight"));
+
+        // MLX's loader takes only `.gguf` names: said before it is asked.
+        let renamed = root.path().join("tiny.bin");
+        std::fs::copy(&path, &renamed).expect("copy");
+        let error = GgufFile::open(&renamed).err().expect("refused");
+        assert!(
+            matches!(error, Error::MlxIo { .. }) && error.to_string().contains("`.gguf`"),
+            "{error}"
         );
     }
 }

@@ -37,7 +37,7 @@ pub mod tiny;
 pub use config::ModelArgs;
 pub use error::{Error, Result};
 pub use export::{save_hf_dir, ExportOptions};
-pub use export_gguf::{save_gguf, GgufExportOptions, GgufMetadataValue};
+pub use export_gguf::{save_gguf, GgufExportOptions};
 pub use generate::{generate, generate_batch, Generation, SamplingOptions, StopReason};
 pub use hub::{HubClient, HubId, HubModel, HubOptions};
 pub use layers::{Linear, Weight};

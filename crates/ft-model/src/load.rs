@@ -274,10 +274,9 @@ pub fn read_safetensors_dir(dir: &Path) -> Result<HashMap<String, Array>> {
 }
 
 /// The Hugging Face config of a llama-architecture GGUF file from its
-/// metadata (`number` looks a key up). `vocab_fallback` is used when the
-/// metadata has no `llama.vocab_size`; `tied` says whether the file lacks
-/// an `output.weight`. Shared by the loader and by readers that only see
-/// the metadata (memory estimates).
+/// metadata (`lookup` looks a number up). `vocab_fallback` is used when
+/// the metadata has no `llama.vocab_size`; `tied` says whether the file
+/// lacks an `output.weight`. [`gguf_model_args`] gives it all three.
 pub fn gguf_hf_config(
     lookup: &dyn Fn(&str) -> std::result::Result<Option<f64>, String>,
     vocab_fallback: usize,
@@ -336,35 +335,42 @@ pub fn gguf_hf_config(
     })
 }
 
+/// The hyper-parameters of a llama-architecture GGUF file from its checked
+/// layout ([`crate::gguf::read_layout`]): metadata and tensor table, no
+/// tensor data. Shared by the loader and by readers that only need the
+/// shapes (memory estimates).
+pub fn gguf_model_args(path: &Path, layout: &ft_gguf::GgufLayout) -> Result<ModelArgs> {
+    let config = |message: String| Error::Config {
+        path: path.to_path_buf(),
+        message,
+    };
+    let metadata = &layout.metadata;
+    let arch = metadata
+        .get("general.architecture")
+        .and_then(ft_gguf::GgufValue::as_str)
+        .unwrap_or_default();
+    if arch != "llama" {
+        return Err(config(format!(
+            "metadata `general.architecture`: expected `llama` (Llama/Mistral family), got `{arch}`"
+        )));
+    }
+    // GGUF lists dimensions innermost first: token_embd is [hidden, vocab].
+    let vocab_fallback = layout
+        .tensor("token_embd.weight")
+        .and_then(|tensor| tensor.dims.last())
+        .map_or(0, |&vocab| vocab as usize);
+    let tied = layout.tensor("output.weight").is_none();
+    let lookup = |key: &str| crate::gguf::metadata_number(metadata, key);
+    let hf = gguf_hf_config(&lookup, vocab_fallback, tied).map_err(config)?;
+    ModelArgs::from_hf(&hf).map_err(config)
+}
+
 /// Reads a GGUF file: architecture from its metadata, tensors renamed to
 /// Hugging Face keys, llama.cpp's Q/K row permutation undone.
 pub fn read_gguf(path: &Path) -> Result<(ModelArgs, HashMap<String, Array>)> {
     let file = GgufFile::open(path)?;
-    let arch = file
-        .metadata_string("general.architecture")
-        .unwrap_or_default();
-    if arch != "llama" {
-        return Err(Error::Config {
-            path: path.to_path_buf(),
-            message: format!(
-                "metadata `general.architecture`: expected `llama` (Llama/Mistral family), got `{arch}`"
-            ),
-        });
-    }
+    let args = gguf_model_args(path, file.layout())?;
     let raw_tensors = file.tensors()?;
-    let vocab_fallback = raw_tensors
-        .get("token_embd.weight")
-        .map_or(0, |t| t.shape()[0] as usize);
-    let tied = !raw_tensors.contains_key("output.weight");
-    let lookup = |key: &str| file.metadata_number(key).map_err(|error| error.to_string());
-    let hf = gguf_hf_config(&lookup, vocab_fallback, tied).map_err(|message| Error::Config {
-        path: path.to_path_buf(),
-        message,
-    })?;
-    let args = ModelArgs::from_hf(&hf).map_err(|message| Error::Config {
-        path: path.to_path_buf(),
-        message,
-    })?;
     let mut tensors = HashMap::with_capacity(raw_tensors.len());
     for (name, array) in raw_tensors {
         let hf_name = gguf_to_hf_name(&name).unwrap_or_else(|| name.clone());

@@ -58,37 +58,11 @@ pub fn as_loaded(config: &Config) -> Config {
     loaded
 }
 
+/// The hyper-parameters of a GGUF file from its metadata and tensor
+/// table, read in Rust and checked the way the loader checks them.
 fn gguf_args(path: &Path) -> Result<ModelArgs> {
-    let bad = |message: String| TrainError::Config(format!("{}: {message}", path.display()));
-    let meta = ft_data::GgufMetadata::read_file(path)?;
-    let arch = meta
-        .get("general.architecture")
-        .and_then(|v| v.as_str())
-        .unwrap_or_default();
-    if arch != "llama" {
-        return Err(bad(format!(
-            "metadata `general.architecture`: expected `llama` (Llama/Mistral family), got `{arch}`"
-        )));
-    }
-    let number = |key: &str| meta.get(key).and_then(|v| v.as_f64());
-    let vocab_fallback = meta
-        .get("tokenizer.ggml.tokens")
-        .and_then(|v| v.as_array())
-        .map_or(0, <[_]>::len);
-    let layers = number("llama.block_count").unwrap_or(0.0) as u64;
-    // token_embd, output_norm and 9 tensors per block: no `output.weight`.
-    let tied = meta.tensor_count <= 2 + 9 * layers;
-    let lookup = |key: &str| match meta.get(key) {
-        None => Ok(None),
-        Some(value) => value.as_f64().map(Some).ok_or_else(|| {
-            format!(
-                "metadata `{key}`: expected a number, got {}",
-                value.type_name()
-            )
-        }),
-    };
-    let hf = ft_model::load::gguf_hf_config(&lookup, vocab_fallback, tied).map_err(bad)?;
-    ModelArgs::from_hf(&hf).map_err(bad)
+    let layout = ft_model::gguf::read_layout(path)?;
+    Ok(ft_model::load::gguf_model_args(path, &layout)?)
 }
 
 /// Bytes (in thousandths) per weight of a checkpointed quantized layer

@@ -15,8 +15,10 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
+use ft_gguf::{GgufMetadata, GgufValue};
+
+use super::gguf_token_type;
 use crate::error::{DataError, Result};
-use crate::gguf::{GgufMetadata, GgufValue};
 use crate::tokenizer::{TextTokenizer, TokenKind, GPT2_REGEX, LLAMA3_REGEX, QWEN2_REGEX};
 
 /// llama.cpp's `tokenizer.ggml.pre` names for the byte-level pre-tokenizers
@@ -345,24 +347,11 @@ fn has_component(value: &Value, kind: &str) -> bool {
     components.iter().any(|c| c["type"].as_str() == Some(kind))
 }
 
-/// GGUF's `tokenizer.ggml.token_type` numbers.
-fn gguf_token_type(kind: TokenKind) -> i32 {
-    match kind {
-        TokenKind::Normal => 1,
-        TokenKind::Unknown => 2,
-        TokenKind::Control => 3,
-        TokenKind::UserDefined => 4,
-        TokenKind::Unused => 5,
-        TokenKind::Byte => 6,
-    }
-}
-
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use crate::gguf::write::gguf_bytes;
-    use crate::test_support::{default_tokenizer, tiny_spm};
+    use crate::test_support::{default_tokenizer, gguf_bytes, gguf_metadata, tiny_spm};
 
     const SAMPLES: &[&str] = &[
         "The capital of France is Paris.",
@@ -376,9 +365,7 @@ mod tests {
     fn through_gguf(kv: BTreeMap<String, GgufValue>) -> TextTokenizer {
         let pairs: Vec<(&str, GgufValue)> =
             kv.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
-        let bytes = gguf_bytes(&pairs);
-        let metadata = GgufMetadata::read(bytes.as_slice(), bytes.len() as u64).unwrap();
-        TextTokenizer::from_gguf_metadata(&metadata).unwrap()
+        TextTokenizer::from_gguf_metadata(&gguf_metadata(&pairs)).unwrap()
     }
 
     fn assert_same_encodings(a: &TextTokenizer, b: &TextTokenizer) {
