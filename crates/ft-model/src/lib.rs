@@ -22,8 +22,6 @@ pub mod export_gguf;
 #[allow(unsafe_code)]
 mod ffi;
 pub mod generate;
-// Moves into `ffi` with the GGUF layer's rework.
-#[allow(unsafe_code)]
 pub mod gguf;
 pub mod grad_checkpoint;
 pub mod hub;
