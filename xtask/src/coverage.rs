@@ -52,6 +52,9 @@ pub fn run(root: &Path, min_percent: f64) -> Result<()> {
     let target = root.join("target/coverage");
     std::fs::create_dir_all(&target).with_context(|| format!("creating {}", target.display()))?;
 
+    // Profiles of earlier runs name files and binaries that may be gone.
+    shell::step("cargo llvm-cov clean --workspace (profiles of earlier runs)");
+    shell::cargo(root, &["llvm-cov", "clean", "--workspace"])?;
     shell::step("cargo llvm-cov nextest --workspace (instrumented build, then every test)");
     // The binaries live one folder deeper (target/llvm-cov-target) than the
     // rpath in .cargo/config.toml reaches, so the MLX runtime is named here.
