@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 use anyhow::anyhow;
 use ft_config::{ChatTemplate, DataConfig, DataFormat, OverLengthPolicy, TrainingConfig};
 use ft_data::{
-    check_structure, estimate_epoch, read_jsonl, render_example, DataStats, Dataset, Encoder,
-    EpochEstimate, RenderedExample, TextTokenizer, ValidationReport,
+    check_structure_with, estimate_epoch, read_jsonl_with, render_example, CheckOptions, DataStats,
+    Dataset, Encoder, EpochEstimate, RenderedExample, TextTokenizer, ValidationReport,
 };
 use ft_model::ModelSource;
 use ft_trainer::data_options::{batch_options, data_options};
@@ -266,8 +266,14 @@ fn validate(args: &ValidateArgs) -> Result<(), Failure> {
             (measured.report.clone(), Some(measured))
         }
         None => {
-            let format = ft_trainer::data_options::data_format(args.encode.data_config().format);
-            (check_structure(&args.files, format).map_err(user)?, None)
+            // Without a tokenizer `auto` stays unresolved: only an explicit
+            // `--template mistral-v3` brings Mistral's rules (call ids).
+            let options = data_options(&args.encode.data_config());
+            let checks = CheckOptions::for_template(&options.encode.template);
+            (
+                check_structure_with(&args.files, options.format, &checks).map_err(user)?,
+                None,
+            )
         }
     };
     let mut out = std::io::stdout().lock();
@@ -390,6 +396,16 @@ fn write_counts(out: &mut impl Write, report: &ValidationReport) -> std::io::Res
             c.desirable, c.undesirable, c.skipped_by_label
         )?;
     }
+    if c.tool_examples > 0 {
+        writeln!(
+            out,
+            "tools          {} example{} with tools, {} tool call{}",
+            c.tool_examples,
+            plural(c.tool_examples),
+            c.tool_calls,
+            plural(c.tool_calls)
+        )?;
+    }
     writeln!(
         out,
         "problems       {} error{}, {} warning{} ({} duplicate{})",
@@ -458,8 +474,9 @@ fn render(args: &RenderArgs) -> Result<(), Failure> {
     check_files_exist(std::slice::from_ref(&args.file))?;
     let tokenizer = load_tokenizer(&args.tokenizer)?;
     let options = data_options(&args.encode.data_config());
-    let parsed = read_jsonl(&args.file, options.format).map_err(user)?;
     let encoder = Encoder::new(&tokenizer, options.encode).map_err(user)?;
+    let checks = encoder.formatter().check_options();
+    let parsed = read_jsonl_with(&args.file, options.format, &checks).map_err(user)?;
     // Encode chunk by chunk until enough examples are shown (some may be dropped).
     let mut shown = 0;
     let mut out = std::io::stdout().lock();

@@ -68,7 +68,7 @@ struct Sample {
 /// The conversation before the reply and the reference reply of an example.
 fn prompt_and_reference(example: &Example) -> Option<(Vec<Message>, String)> {
     match example {
-        Example::Chat { messages } => {
+        Example::Chat { messages, .. } => {
             let last = messages.iter().rposition(|m| m.role == Role::Assistant)?;
             Some((messages[..last].to_vec(), messages[last].content.clone()))
         }

@@ -400,3 +400,103 @@ fn config_reference_is_the_committed_document() {
     let committed = std::fs::read_to_string(root().join("docs/configuration.md")).unwrap();
     assert_eq!(stdout(&output), committed);
 }
+
+/// The tool-call defects of `tools.jsonl` (line 1 is a valid tool
+/// conversation, line 6 a plain chat): (line, kind, field).
+const TOOL_DEFECTS: [(u64, &str, Option<&str>); 4] = [
+    (2, "unmatched_tool_result", Some("messages[2].tool_call_id")),
+    (
+        3,
+        "unknown_function",
+        Some("messages[1].tool_calls[0].function.name"),
+    ),
+    (
+        4,
+        "invalid_arguments",
+        Some("messages[1].tool_calls[0].function.arguments"),
+    ),
+    (
+        5,
+        "invalid_tool_schema",
+        Some("tools[0].function.parameters.type"),
+    ),
+];
+
+#[test]
+fn validate_checks_tool_calls() {
+    let file = fixture("tools.jsonl");
+    let output = ft(&["data", "validate", file.to_str().unwrap(), "--json"]);
+    assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
+    let report: Value = serde_json::from_str(&stdout(&output)).unwrap();
+    assert_eq!(diagnostics(&report), expected(&TOOL_DEFECTS));
+    assert_eq!(report["counts"]["tool_examples"], 1);
+    assert_eq!(report["counts"]["tool_calls"], 1);
+
+    // Text output: located, with expected and got.
+    let output = ft(&["data", "validate", file.to_str().unwrap()]);
+    let text = stdout(&output);
+    assert!(
+        text.contains(
+            "tools.jsonl:3: error[unknown_function] messages[1].tool_calls[0].function.name: a \
+             call to a function `tools` does not define (expected one of \"get_weather\", got \
+             \"get_time\")"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains("tools          1 example with tools, 1 tool call"),
+        "{text}"
+    );
+
+    // Mistral v3 asks for 9-character call ids.
+    let output = ft(&[
+        "data",
+        "validate",
+        file.to_str().unwrap(),
+        "--template",
+        "mistral-v3",
+    ]);
+    assert_eq!(output.status.code(), Some(1));
+    let text = stdout(&output);
+    assert!(
+        text.contains(
+            "tools.jsonl:1: error[invalid_tool_call_id] messages[1].tool_calls[0].id: Mistral v3 \
+             needs 9-character call ids such as `a1b2c3d4e`; rename the id in the call and its \
+             result (expected 9 ASCII letters or digits, got \"call_1\")"
+        ),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_template_that_drops_tool_calls_is_reported() {
+    if !default_model_installed() {
+        return;
+    }
+    let file = fixture("tools.jsonl");
+    // SmolLM2's template prints contents only: the call would train as an empty turn.
+    let output = ft(&[
+        "data",
+        "validate",
+        file.to_str().unwrap(),
+        "--model",
+        "smollm2-135m-instruct",
+        "--json",
+    ]);
+    assert_eq!(output.status.code(), Some(1));
+    let report: Value = serde_json::from_str(&stdout(&output)).unwrap();
+    let first = &report["diagnostics"][0];
+    assert_eq!(
+        (first["line"].as_u64(), first["kind"].as_str()),
+        (Some(1), Some("template"))
+    );
+    assert!(
+        first["message"]
+            .as_str()
+            .unwrap()
+            .contains("does not render tool calls"),
+        "{first}"
+    );
+    assert_eq!(report["stats"]["tool_examples"], 1);
+    assert_eq!(report["stats"]["tool_calls"], 1);
+}

@@ -39,7 +39,7 @@ pub enum DiagnosticKind {
     EmptyField,
     /// A field has the wrong JSON type.
     WrongType,
-    /// A message role other than system, user or assistant.
+    /// A message role other than system, user, assistant or tool.
     UnknownRole,
     /// A system message that is not the first message.
     SystemNotFirst,
@@ -69,6 +69,25 @@ pub enum DiagnosticKind {
     EmptyFile,
     /// A line longer than any example can be (see [`crate::jsonl::MAX_LINE_BYTES`]).
     LineTooLong,
+    /// A tool result with no matching call (by `tool_call_id`, or by order
+    /// when results carry no id), or a second result for one call.
+    UnmatchedToolResult,
+    /// A call to a function the line's `tools` does not define.
+    UnknownFunction,
+    /// Call arguments that are not a JSON object, or that lack an argument
+    /// the function's schema requires.
+    InvalidArguments,
+    /// A `tools` entry that is not a function with a JSON-schema object of
+    /// parameters.
+    InvalidToolSchema,
+    /// A call id two calls of one turn share, or (Mistral v3) one that is not
+    /// 9 ASCII letters or digits.
+    InvalidToolCallId,
+    /// `tool_calls` on a non-assistant message or `tool_call_id` on a
+    /// non-tool message.
+    MisplacedToolField,
+    /// Tool calls without a `tools` list.
+    MissingTools,
 }
 
 impl DiagnosticKind {
@@ -98,6 +117,13 @@ impl DiagnosticKind {
             DiagnosticKind::Tokenization => "tokenization",
             DiagnosticKind::EmptyFile => "empty_file",
             DiagnosticKind::LineTooLong => "line_too_long",
+            DiagnosticKind::UnmatchedToolResult => "unmatched_tool_result",
+            DiagnosticKind::UnknownFunction => "unknown_function",
+            DiagnosticKind::InvalidArguments => "invalid_arguments",
+            DiagnosticKind::InvalidToolSchema => "invalid_tool_schema",
+            DiagnosticKind::InvalidToolCallId => "invalid_tool_call_id",
+            DiagnosticKind::MisplacedToolField => "misplaced_tool_field",
+            DiagnosticKind::MissingTools => "missing_tools",
         }
     }
 }
@@ -257,6 +283,12 @@ pub struct ReportCounts {
     pub errors: usize,
     /// Warning diagnostics.
     pub warnings: usize,
+    /// Readable chat examples that offer tools or call them.
+    #[serde(default)]
+    pub tool_examples: usize,
+    /// Tool calls in readable examples.
+    #[serde(default)]
+    pub tool_calls: usize,
 }
 
 /// Every problem found in one or more files, with counts.

@@ -195,6 +195,10 @@ impl<'t> Encoder<'t> {
                 let mask = vec![true; ids.len()];
                 Tokenized { ids, mask }
             }
+            Example::Chat { messages, tools } => {
+                self.formatter
+                    .encode_chat(self.tokenizer, messages, tools)?
+            }
             other => {
                 let messages = other
                     .as_messages()
@@ -418,6 +422,7 @@ mod tests {
                         Message::new(Role::User, "hi"),
                         Message::new(Role::Assistant, "ab"),
                     ],
+                    tools: Vec::new(),
                 },
             ),
         ];

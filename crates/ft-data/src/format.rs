@@ -4,10 +4,15 @@
 //!
 //! | format | fields |
 //! |---|---|
-//! | [`Format::Chat`] | `{"messages": [{"role": "system"\|"user"\|"assistant", "content": "…"}, …]}` |
+//! | [`Format::Chat`] | `{"messages": [{"role": "system"\|"user"\|"assistant"\|"tool", "content": "…"}, …], "tools": […]}` |
 //! | [`Format::PromptCompletion`] | `{"prompt": "…", "completion": "…"}` |
 //! | [`Format::Text`] | `{"text": "…"}` |
 //! | [`Format::Preference`] | `{"prompt": "…", "completion": "…", "label": true\|false}` (KTO-style) |
+//!
+//! Chat lines may carry function calling in the OpenAI / Hugging Face shape:
+//! a top-level `tools` list of JSON-schema function definitions, assistant
+//! messages with `tool_calls`, and `tool` messages holding the results (see
+//! [`ToolCall`], [`ToolSpec`] and docs/data-formats.md, "Tool calls").
 
 use std::fmt;
 use std::str::FromStr;
@@ -16,6 +21,12 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::diagnostic::{Diagnostic, DiagnosticKind};
+
+mod tool_use;
+mod tools;
+use tool_use::*;
+use tools::*;
+pub use tools::{ToolCall, ToolSpec};
 
 /// The shape of the objects in a dataset file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -104,6 +115,8 @@ pub enum Role {
     User,
     /// The model turn (what training targets).
     Assistant,
+    /// The result of a tool call (never trained on).
+    Tool,
 }
 
 impl Role {
@@ -113,6 +126,7 @@ impl Role {
             Role::System => "system",
             Role::User => "user",
             Role::Assistant => "assistant",
+            Role::Tool => "tool",
         }
     }
 }
@@ -122,8 +136,17 @@ impl Role {
 pub struct Message {
     /// Who speaks.
     pub role: Role,
-    /// What is said.
+    /// What is said (empty for an assistant turn that only calls tools).
     pub content: String,
+    /// The functions an assistant turn calls, in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tool_calls: Vec<ToolCall>,
+    /// For a tool result: the id of the call it answers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_call_id: Option<String>,
+    /// For a tool result: the function's name (any role may carry a name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
 }
 
 impl Message {
@@ -132,6 +155,30 @@ impl Message {
         Message {
             role,
             content: content.into(),
+            tool_calls: Vec::new(),
+            tool_call_id: None,
+            name: None,
+        }
+    }
+}
+
+/// What checking a line needs beyond its format: rules of the chat template
+/// the data is meant for.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckOptions {
+    /// Tool call ids must be exactly 9 ASCII letters or digits, as the
+    /// Mistral v3 format requires.
+    pub mistral_call_ids: bool,
+}
+
+impl CheckOptions {
+    /// The checks for data meant for `template` as chosen (without a
+    /// tokenizer `auto` cannot be resolved: only an explicit `mistral-v3`
+    /// turns Mistral's rules on; [`crate::ChatFormatter::check_options`]
+    /// knows the resolved format).
+    pub fn for_template(template: &crate::template::TemplateChoice) -> Self {
+        CheckOptions {
+            mistral_call_ids: *template == crate::template::TemplateChoice::MistralV3,
         }
     }
 }
@@ -144,6 +191,9 @@ pub enum Example {
     Chat {
         /// The messages, in order.
         messages: Vec<Message>,
+        /// The tools (function definitions) the conversation offers.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        tools: Vec<ToolSpec>,
     },
     /// A prompt and the completion to learn.
     PromptCompletion {
@@ -183,7 +233,7 @@ impl Example {
     /// prompt/completion and preference); `None` for plain text.
     pub fn as_messages(&self) -> Option<Vec<Message>> {
         match self {
-            Example::Chat { messages } => Some(messages.clone()),
+            Example::Chat { messages, .. } => Some(messages.clone()),
             Example::PromptCompletion { prompt, completion }
             | Example::Preference {
                 prompt, completion, ..
@@ -192,6 +242,22 @@ impl Example {
                 Message::new(Role::Assistant, completion.clone()),
             ]),
             Example::Text { .. } => None,
+        }
+    }
+
+    /// The tools a conversation offers (none for the other formats).
+    pub fn tools(&self) -> &[ToolSpec] {
+        match self {
+            Example::Chat { tools, .. } => tools,
+            _ => &[],
+        }
+    }
+
+    /// The number of tool calls the example's assistant turns make.
+    pub fn tool_call_count(&self) -> usize {
+        match self {
+            Example::Chat { messages, .. } => messages.iter().map(|m| m.tool_calls.len()).sum(),
+            _ => 0,
         }
     }
 }
@@ -297,6 +363,7 @@ fn string_field(
 pub(crate) fn check_object(
     object: &Map<String, Value>,
     format: Format,
+    options: &CheckOptions,
     file: &str,
     line: usize,
 ) -> ObjectCheck {
@@ -308,6 +375,7 @@ pub(crate) fn check_object(
     let mut unknown_fields: Vec<String> = object
         .keys()
         .filter(|k| !format.fields().contains(&k.as_str()))
+        .filter(|k| !(format == Format::Chat && k.as_str() == "tools"))
         .cloned()
         .collect();
 
@@ -356,8 +424,16 @@ pub(crate) fn check_object(
                 _ => None,
             }
         }
-        Format::Chat => check_messages(object, &mut sink, &mut unknown_fields)
-            .map(|messages| Example::Chat { messages }),
+        Format::Chat => {
+            let tools = check_tool_specs(object, &mut sink);
+            let messages = check_messages(object, &mut sink, &mut unknown_fields);
+            if let Some(messages) = &messages {
+                check_tool_use(messages, tools.as_deref(), options, &mut sink);
+            }
+            messages
+                .zip(tools)
+                .map(|(messages, tools)| Example::Chat { messages, tools })
+        }
     };
     let example = if sink.has_errors() { None } else { example };
     ObjectCheck {
@@ -422,7 +498,7 @@ fn check_messages(
             continue;
         };
         for key in msg.keys() {
-            if key != "role" && key != "content" {
+            if !MESSAGE_KEYS.contains(&key.as_str()) {
                 let name = format!("messages[].{key}");
                 if !unknown_fields.contains(&name) {
                     unknown_fields.push(name);
@@ -430,6 +506,7 @@ fn check_messages(
             }
         }
         let role_path = format!("{path}.role");
+        const ROLES: &str = "\"system\", \"user\", \"assistant\" or \"tool\"";
         let role = match msg.get("role") {
             None => {
                 sink.error(
@@ -437,16 +514,17 @@ fn check_messages(
                     &role_path,
                     "missing field `role`",
                 )
-                .expected = Some("\"system\", \"user\" or \"assistant\"".into());
+                .expected = Some(ROLES.into());
                 None
             }
             Some(Value::String(s)) => match s.as_str() {
                 "system" => Some(Role::System),
                 "user" => Some(Role::User),
                 "assistant" => Some(Role::Assistant),
+                "tool" => Some(Role::Tool),
                 other => {
                     let d = sink.error(DiagnosticKind::UnknownRole, &role_path, "unknown role");
-                    d.expected = Some("\"system\", \"user\" or \"assistant\"".into());
+                    d.expected = Some(ROLES.into());
                     d.got = Some(format!("{other:?}"));
                     None
                 }
@@ -457,19 +535,75 @@ fn check_messages(
                     &role_path,
                     "`role` must be a string",
                 );
-                d.expected = Some("\"system\", \"user\" or \"assistant\"".into());
+                d.expected = Some(ROLES.into());
                 d.got = Some(describe(other));
                 None
             }
         };
         roles.push(role);
-        let content = string_field(msg, "content", &format!("{path}.content"), sink);
-        if let (Some(role), Some(content)) = (role, content) {
-            messages.push(Message { role, content });
+        let tool_calls = check_tool_calls(msg, role, &path, sink);
+        // Whether the message holds calls, even ones in error (its content is then optional).
+        let calls_tools =
+            matches!(msg.get("tool_calls"), Some(Value::Array(calls)) if !calls.is_empty());
+        let content_path = format!("{path}.content");
+        let content = match (role, msg.get("content")) {
+            // A turn that only calls tools has nothing to say.
+            (Some(Role::Assistant), None | Some(Value::Null)) if calls_tools => Some(String::new()),
+            (Some(Role::Assistant), Some(Value::String(s))) if calls_tools => Some(s.clone()),
+            // A function may return an empty text.
+            (Some(Role::Tool), Some(Value::String(s))) => Some(s.clone()),
+            _ => string_field(msg, "content", &content_path, sink),
+        };
+        let tool_call_id = optional_string(msg, "tool_call_id", &path, sink);
+        if tool_call_id.is_some() && role.is_some_and(|r| r != Role::Tool) {
+            misplaced(
+                sink,
+                &format!("{path}.tool_call_id"),
+                "tool_call_id",
+                "tool",
+                role,
+            );
+        }
+        let name = optional_string(msg, "name", &path, sink);
+        if let (Some(role), Some(content), Some(tool_calls)) = (role, content, tool_calls) {
+            messages.push(Message {
+                role,
+                content,
+                tool_calls,
+                tool_call_id,
+                name,
+            });
         }
     }
     check_role_order(&roles, sink);
     (messages.len() == items.len()).then_some(messages)
+}
+
+/// The keys a message may hold.
+const MESSAGE_KEYS: [&str; 5] = ["role", "content", "tool_calls", "tool_call_id", "name"];
+
+/// An error for a field that belongs on messages of another role.
+fn misplaced(sink: &mut LineSink<'_>, path: &str, key: &str, wanted: &str, role: Option<Role>) {
+    let d = sink.error(
+        DiagnosticKind::MisplacedToolField,
+        path,
+        format!("`{key}` belongs on {wanted} messages"),
+    );
+    d.expected = Some(format!("a {wanted:?} message"));
+    d.got = role.map(|r| format!("a {:?} message", r.as_str()));
+}
+
+/// Reads an optional, non-empty string field of a message (`null` counts as absent).
+fn optional_string(
+    msg: &Map<String, Value>,
+    key: &str,
+    path: &str,
+    sink: &mut LineSink<'_>,
+) -> Option<String> {
+    match msg.get(key) {
+        None | Some(Value::Null) => None,
+        Some(_) => string_field(msg, key, &format!("{path}.{key}"), sink),
+    }
 }
 
 fn check_role_order(roles: &[Option<Role>], sink: &mut LineSink<'_>) {
@@ -508,7 +642,7 @@ fn check_role_order(roles: &[Option<Role>], sink: &mut LineSink<'_>) {
             ),
             _ => {}
         }
-        if role != Role::System && !first_turn_checked {
+        if role != Role::System && role != Role::Tool && !first_turn_checked {
             first_turn_checked = true;
             if role == Role::Assistant {
                 sink.warning(
@@ -587,7 +721,7 @@ mod tests {
         let Value::Object(o) = serde_json::from_str(json).unwrap() else {
             panic!("not an object")
         };
-        check_object(&o, format, "f.jsonl", 1)
+        check_object(&o, format, &CheckOptions::default(), "f.jsonl", 1)
     }
 
     fn kinds(c: &ObjectCheck) -> Vec<(DiagnosticKind, Option<String>)> {
@@ -626,7 +760,9 @@ mod tests {
         );
         assert!(c.diagnostics.is_empty());
         assert_eq!(c.unknown_fields, vec!["id".to_string()]);
-        assert!(matches!(c.example, Some(Example::Chat { ref messages }) if messages.len() == 3));
+        assert!(
+            matches!(c.example, Some(Example::Chat { ref messages, .. }) if messages.len() == 3)
+        );
     }
 
     #[test]
@@ -703,6 +839,486 @@ mod tests {
                 completion: "c".into(),
                 label: false
             })
+        );
+    }
+
+    // ---- Function calling -------------------------------------------------
+
+    const WEATHER_TOOL: &str = r#"{"type":"function","function":{"name":"get_weather","description":"Weather of a city","parameters":{"type":"object","properties":{"city":{"type":"string"},"unit":{"type":"string"}},"required":["city"]}}}"#;
+    const TIME_TOOL: &str = r#"{"type":"function","function":{"name":"get_time","parameters":{"type":"object","properties":{}}}}"#;
+
+    /// A line with both tools and `messages`, given as JSON text.
+    fn tool_line(messages: &str) -> String {
+        format!(r#"{{"tools":[{WEATHER_TOOL},{TIME_TOOL}],"messages":[{messages}]}}"#)
+    }
+
+    fn check_with(json: &str, options: CheckOptions) -> ObjectCheck {
+        let Value::Object(o) = serde_json::from_str(json).unwrap() else {
+            panic!("not an object")
+        };
+        check_object(&o, Format::Chat, &options, "f.jsonl", 7)
+    }
+
+    /// The only error of `json`, rendered; fails when there is not exactly one.
+    fn only_error(json: &str, options: CheckOptions) -> Diagnostic {
+        let c = check_with(json, options);
+        let errors: Vec<&Diagnostic> = c.diagnostics.iter().filter(|d| d.is_error()).collect();
+        assert_eq!(errors.len(), 1, "{:#?}", c.diagnostics);
+        assert!(c.example.is_none());
+        errors[0].clone()
+    }
+
+    fn messages_of(c: &ObjectCheck) -> &[Message] {
+        match &c.example {
+            Some(Example::Chat { messages, .. }) => messages,
+            other => panic!("no chat: {other:?} {:#?}", c.diagnostics),
+        }
+    }
+
+    #[test]
+    fn reads_tool_calls_with_string_or_object_arguments() {
+        let c = check_with(
+            &tool_line(
+                r#"{"role":"user","content":"Weather in Paris, and the time?"},
+                {"role":"assistant","tool_calls":[
+                    {"id":"call_1","type":"function","function":{"name":"get_weather","arguments":"{\"city\": \"Paris\"}"}},
+                    {"id":"call_2","type":"function","function":{"name":"get_time","arguments":{}}}]},
+                {"role":"tool","tool_call_id":"call_2","name":"get_time","content":"12:00"},
+                {"role":"tool","tool_call_id":"call_1","content":"sunny"},
+                {"role":"assistant","content":null,"tool_calls":[{"type":"function","function":{"name":"get_weather","arguments":{"city":"Lyon","unit":"C"}}}]},
+                {"role":"tool","content":""},
+                {"role":"assistant","content":"Sunny in Paris at noon."}"#,
+            ),
+            CheckOptions::default(),
+        );
+        assert!(c.diagnostics.is_empty(), "{:#?}", c.diagnostics);
+        assert!(c.unknown_fields.is_empty(), "{:?}", c.unknown_fields);
+        let messages = messages_of(&c);
+        assert_eq!(messages.len(), 7);
+        let call = &messages[1];
+        assert_eq!((call.role, call.content.as_str()), (Role::Assistant, ""));
+        assert_eq!(call.tool_calls.len(), 2);
+        assert_eq!(call.tool_calls[0].id.as_deref(), Some("call_1"));
+        assert_eq!(call.tool_calls[0].name, "get_weather");
+        assert_eq!(
+            call.tool_calls[0].arguments,
+            serde_json::json!({"city": "Paris"})
+        );
+        assert_eq!(call.tool_calls[1].arguments, serde_json::json!({}));
+        let result = &messages[2];
+        assert_eq!(result.role, Role::Tool);
+        assert_eq!(result.tool_call_id.as_deref(), Some("call_2"));
+        assert_eq!(result.name.as_deref(), Some("get_time"));
+        // The second round: no ids, null content, an empty result.
+        assert_eq!(messages[4].tool_calls[0].id, None);
+        assert_eq!(messages[5].content, "");
+        let Some(example) = &c.example else { panic!() };
+        assert_eq!(example.tools().len(), 2);
+        assert_eq!(example.tools()[0].name, "get_weather");
+        assert_eq!(example.tools()[0].required(), vec!["city"]);
+        assert_eq!(
+            example.tools()[1].raw,
+            serde_json::from_str::<Value>(TIME_TOOL).unwrap()
+        );
+        assert_eq!(example.tool_call_count(), 3);
+        // Serialized in the shape it was read in, and back.
+        let text = serde_json::to_string(example).unwrap();
+        assert!(text.contains(r#""type":"function""#), "{text}");
+        assert_eq!(&serde_json::from_str::<Example>(&text).unwrap(), example);
+    }
+
+    #[test]
+    fn a_tool_call_turn_may_also_speak_and_plain_chats_are_unchanged() {
+        let c = check_with(
+            &tool_line(
+                r#"{"role":"user","content":"Paris?"},
+                {"role":"assistant","content":"Let me look.","tool_calls":[{"id":"a","type":"function","function":{"name":"get_weather","arguments":{"city":"Paris"}}}]},
+                {"role":"tool","tool_call_id":"a","content":"sunny"},
+                {"role":"assistant","content":"Sunny."}"#,
+            ),
+            CheckOptions::default(),
+        );
+        assert!(c.diagnostics.is_empty(), "{:#?}", c.diagnostics);
+        assert_eq!(messages_of(&c)[1].content, "Let me look.");
+        // Without tool calls an empty assistant turn is still refused.
+        let d = only_error(
+            r#"{"messages":[{"role":"user","content":"u"},{"role":"assistant","content":"","tool_calls":[]}]}"#,
+            CheckOptions::default(),
+        );
+        assert_eq!(
+            (d.kind, d.field.as_deref()),
+            (DiagnosticKind::EmptyField, Some("messages[1].content"))
+        );
+    }
+
+    #[test]
+    fn a_result_must_answer_a_call() {
+        // By id.
+        let d = only_error(
+            &tool_line(
+                r#"{"role":"user","content":"u"},
+                {"role":"assistant","tool_calls":[{"id":"call_1","type":"function","function":{"name":"get_time","arguments":{}}}]},
+                {"role":"tool","tool_call_id":"call_9","content":"12:00"},
+                {"role":"assistant","content":"Noon."}"#,
+            ),
+            CheckOptions::default(),
+        );
+        assert_eq!(
+            d.to_string(),
+            "f.jsonl:7: error[unmatched_tool_result] messages[2].tool_call_id: no call of \
+             messages[1] has this id (expected one of \"call_1\", got \"call_9\")"
+        );
+        // By order, when the results carry no id: one call, two results.
+        let d = only_error(
+            &tool_line(
+                r#"{"role":"user","content":"u"},
+                {"role":"assistant","tool_calls":[{"type":"function","function":{"name":"get_time","arguments":{}}}]},
+                {"role":"tool","content":"12:00"},
+                {"role":"tool","content":"13:00"},
+                {"role":"assistant","content":"Noon."}"#,
+            ),
+            CheckOptions::default(),
+        );
+        assert_eq!(
+            (d.kind, d.field.as_deref()),
+            (
+                DiagnosticKind::UnmatchedToolResult,
+                Some("messages[3].role")
+            )
+        );
+        assert!(d.message.contains("matched to the calls by order"), "{d}");
+        assert!(
+            d.message.contains("makes 1 call and this is result 2"),
+            "{d}"
+        );
+    }
+
+    #[test]
+    fn results_matched_by_order_must_name_their_call() {
+        let c = check_with(
+            &tool_line(
+                r#"{"role":"user","content":"u"},
+                {"role":"assistant","tool_calls":[
+                    {"type":"function","function":{"name":"get_time","arguments":{}}},
+                    {"type":"function","function":{"name":"get_weather","arguments":{"city":"Paris"}}}]},
+                {"role":"tool","name":"get_weather","content":"sunny"},
+                {"role":"tool","name":"get_time","content":"12:00"},
+                {"role":"assistant","content":"Noon."}"#,
+            ),
+            CheckOptions::default(),
+        );
+        let k = kinds(&c);
+        assert_eq!(
+            k,
+            vec![
+                (
+                    DiagnosticKind::UnmatchedToolResult,
+                    Some("messages[2].name".into())
+                ),
+                (
+                    DiagnosticKind::UnmatchedToolResult,
+                    Some("messages[3].name".into())
+                ),
+            ]
+        );
+        let d = &c.diagnostics[0];
+        assert!(
+            d.message.contains("by order, as Hugging Face templates do"),
+            "{d}"
+        );
+        assert_eq!(
+            (d.expected.as_deref(), d.got.as_deref()),
+            (Some("\"get_time\""), Some("\"get_weather\""))
+        );
+    }
+
+    #[test]
+    fn a_result_with_no_call_before_it() {
+        let d = only_error(
+            &tool_line(
+                r#"{"role":"user","content":"u"},
+                {"role":"tool","tool_call_id":"x","content":"12:00"},
+                {"role":"assistant","content":"Noon."}"#,
+            ),
+            CheckOptions::default(),
+        );
+        assert_eq!(
+            d.to_string(),
+            "f.jsonl:7: error[unmatched_tool_result] messages[1].role: a tool result with no \
+             call before it (expected an assistant message with `tool_calls` before the \
+             results, got a \"user\" message)"
+        );
+        // Two results for one call.
+        let d = only_error(
+            &tool_line(
+                r#"{"role":"user","content":"u"},
+                {"role":"assistant","tool_calls":[{"id":"a","type":"function","function":{"name":"get_time","arguments":{}}}]},
+                {"role":"tool","tool_call_id":"a","content":"12:00"},
+                {"role":"tool","tool_call_id":"a","content":"12:01"},
+                {"role":"assistant","content":"Noon."}"#,
+            ),
+            CheckOptions::default(),
+        );
+        assert_eq!(
+            (d.kind, d.field.as_deref()),
+            (DiagnosticKind::UnmatchedToolResult, Some("messages[3]"))
+        );
+    }
+
+    #[test]
+    fn a_call_to_an_undefined_function() {
+        let d = only_error(
+            &tool_line(
+                r#"{"role":"user","content":"u"},
+                {"role":"assistant","tool_calls":[{"id":"a","type":"function","function":{"name":"get_wether","arguments":{"city":"Paris"}}}]}"#,
+            ),
+            CheckOptions::default(),
+        );
+        assert_eq!(
+            d.to_string(),
+            "f.jsonl:7: error[unknown_function] messages[1].tool_calls[0].function.name: a call \
+             to a function `tools` does not define (expected one of \"get_weather\", \
+             \"get_time\", got \"get_wether\")"
+        );
+        // With no `tools` at all: a warning, the example is kept.
+        let c = check_with(
+            r#"{"messages":[{"role":"user","content":"u"},{"role":"assistant","tool_calls":[{"id":"a","type":"function","function":{"name":"f","arguments":{}}}]}]}"#,
+            CheckOptions::default(),
+        );
+        assert_eq!(
+            kinds(&c),
+            vec![(DiagnosticKind::MissingTools, Some("tools".into()))]
+        );
+        assert!(!c.diagnostics[0].is_error());
+        assert!(c.example.is_some());
+    }
+
+    #[test]
+    fn arguments_must_be_a_json_object_with_the_required_fields() {
+        let call = |arguments: &str| {
+            tool_line(&format!(
+                r#"{{"role":"user","content":"u"}},
+                {{"role":"assistant","tool_calls":[{{"id":"a","type":"function","function":{{"name":"get_weather","arguments":{arguments}}}}}]}}"#
+            ))
+        };
+        let d = only_error(&call(r#""{city: Paris}""#), CheckOptions::default());
+        assert_eq!(
+            (d.kind, d.field.as_deref()),
+            (
+                DiagnosticKind::InvalidArguments,
+                Some("messages[1].tool_calls[0].function.arguments")
+            )
+        );
+        assert!(d.message.contains("the string is not JSON"), "{d}");
+        assert_eq!(d.got.as_deref(), Some("string \"{city: Paris}\""));
+        let d = only_error(&call(r#""[1, 2]""#), CheckOptions::default());
+        assert!(d.message.contains("holds array of 2, not an object"), "{d}");
+        let d = only_error(&call("42"), CheckOptions::default());
+        assert_eq!(d.kind, DiagnosticKind::InvalidArguments);
+        let d = only_error(&call(r#""{\"unit\": \"C\"}""#), CheckOptions::default());
+        assert_eq!(
+            d.to_string(),
+            "f.jsonl:7: error[invalid_arguments] messages[1].tool_calls[0].function.arguments: \
+             missing argument `city` that tools[0] (`get_weather`) requires (expected \
+             arguments city, got arguments unit)"
+        );
+        let d = only_error(
+            &tool_line(
+                r#"{"role":"user","content":"u"},
+                {"role":"assistant","tool_calls":[{"id":"a","type":"function","function":{"name":"get_weather"}}]}"#,
+            ),
+            CheckOptions::default(),
+        );
+        assert_eq!(
+            (d.kind, d.field.as_deref()),
+            (
+                DiagnosticKind::MissingField,
+                Some("messages[1].tool_calls[0].function.arguments")
+            )
+        );
+    }
+
+    #[test]
+    fn tool_schemas_must_be_json_schema_objects() {
+        let line = |tool: &str| {
+            format!(
+                r#"{{"tools":[{tool}],"messages":[{{"role":"user","content":"u"}},{{"role":"assistant","content":"a"}}]}}"#
+            )
+        };
+        let cases = [
+            (r#""get_weather""#, "tools[0]"),
+            (r#"{"type":"function"}"#, "tools[0].function"),
+            (
+                r#"{"type":"retrieval","function":{"name":"f"}}"#,
+                "tools[0].type",
+            ),
+            (
+                r#"{"type":"function","function":{"name":""}}"#,
+                "tools[0].function.name",
+            ),
+            (
+                r#"{"type":"function","function":{"name":"f","parameters":"city"}}"#,
+                "tools[0].function.parameters",
+            ),
+            (
+                r#"{"type":"function","function":{"name":"f","parameters":{"properties":{}}}}"#,
+                "tools[0].function.parameters.type",
+            ),
+            (
+                r#"{"type":"function","function":{"name":"f","parameters":{"type":"object","properties":[]}}}"#,
+                "tools[0].function.parameters.properties",
+            ),
+            (
+                r#"{"type":"function","function":{"name":"f","parameters":{"type":"object","properties":{"a":{}},"required":["b"]}}}"#,
+                "tools[0].function.parameters.required[0]",
+            ),
+        ];
+        for (tool, field) in cases {
+            let d = only_error(&line(tool), CheckOptions::default());
+            assert_eq!(
+                (d.kind, d.field.as_deref()),
+                (DiagnosticKind::InvalidToolSchema, Some(field)),
+                "{tool}: {d}"
+            );
+        }
+        let d = only_error(
+            &line(r#"{"type":"function","function":{"name":"f","parameters":{"type":"array"}}}"#),
+            CheckOptions::default(),
+        );
+        assert_eq!(
+            d.to_string(),
+            "f.jsonl:7: error[invalid_tool_schema] tools[0].function.parameters.type: \
+             `parameters` must be a JSON schema of type \"object\" (expected \"object\", got \
+             string \"array\")"
+        );
+        let d = only_error(
+            &line(&format!("{TIME_TOOL},{TIME_TOOL}")),
+            CheckOptions::default(),
+        );
+        assert_eq!(d.field.as_deref(), Some("tools[1].function.name"));
+        let d = only_error(
+            r#"{"tools":{"a":1},"messages":[{"role":"user","content":"u"},{"role":"assistant","content":"a"}]}"#,
+            CheckOptions::default(),
+        );
+        assert_eq!(
+            (d.kind, d.field.as_deref()),
+            (DiagnosticKind::WrongType, Some("tools"))
+        );
+        // A function without parameters takes none.
+        let c = check_with(
+            &line(r#"{"type":"function","function":{"name":"f"}}"#),
+            CheckOptions::default(),
+        );
+        assert!(c.diagnostics.is_empty(), "{:#?}", c.diagnostics);
+    }
+
+    #[test]
+    fn tool_fields_belong_on_their_roles() {
+        let c = check_with(
+            r#"{"messages":[{"role":"user","content":"u","tool_calls":[{"id":"a","type":"function","function":{"name":"f","arguments":{}}}]},{"role":"assistant","content":"a","tool_call_id":"a"}]}"#,
+            CheckOptions::default(),
+        );
+        assert_eq!(
+            kinds(&c),
+            vec![
+                (
+                    DiagnosticKind::MisplacedToolField,
+                    Some("messages[0].tool_calls".into())
+                ),
+                (
+                    DiagnosticKind::MisplacedToolField,
+                    Some("messages[1].tool_call_id".into())
+                ),
+            ]
+        );
+        assert_eq!(c.diagnostics[0].got.as_deref(), Some("a \"user\" message"));
+        // A conversation may not end on a tool result.
+        let c = check_with(
+            &tool_line(
+                r#"{"role":"user","content":"u"},
+                {"role":"assistant","tool_calls":[{"id":"a","type":"function","function":{"name":"get_time","arguments":{}}}]},
+                {"role":"tool","tool_call_id":"a","content":"12:00"}"#,
+            ),
+            CheckOptions::default(),
+        );
+        assert_eq!(
+            kinds(&c),
+            vec![(
+                DiagnosticKind::LastTurnNotAssistant,
+                Some("messages[2].role".into())
+            )]
+        );
+    }
+
+    #[test]
+    fn call_ids_are_unique_and_fit_mistral_v3_when_it_is_the_template() {
+        let line = |id: &str| {
+            tool_line(&format!(
+                r#"{{"role":"user","content":"u"}},
+                {{"role":"assistant","tool_calls":[{{"id":"{id}","type":"function","function":{{"name":"get_time","arguments":{{}}}}}}]}},
+                {{"role":"tool","tool_call_id":"{id}","content":"12:00"}},
+                {{"role":"assistant","content":"Noon."}}"#
+            ))
+        };
+        let mistral = CheckOptions {
+            mistral_call_ids: true,
+        };
+        assert!(check_with(&line("call_1"), CheckOptions::default())
+            .diagnostics
+            .is_empty());
+        assert!(check_with(&line("a1b2c3d4e"), mistral)
+            .diagnostics
+            .is_empty());
+        for id in ["call_1", "a1b2c3d4", "a1b2c3d4e5", "a1b2c3d4-"] {
+            let d = only_error(&line(id), mistral);
+            assert_eq!(
+                d.to_string(),
+                format!(
+                    "f.jsonl:7: error[invalid_tool_call_id] messages[1].tool_calls[0].id: Mistral \
+                     v3 needs 9-character call ids such as `a1b2c3d4e`; rename the id in the call \
+                     and its result (expected 9 ASCII letters or digits, got {id:?})"
+                )
+            );
+        }
+        // No ids at all: the call and the result are each reported.
+        let c = check_with(
+            &tool_line(
+                r#"{"role":"user","content":"u"},
+                {"role":"assistant","tool_calls":[{"type":"function","function":{"name":"get_time","arguments":{}}}]},
+                {"role":"tool","content":"12:00"},
+                {"role":"assistant","content":"Noon."}"#,
+            ),
+            mistral,
+        );
+        assert_eq!(
+            kinds(&c),
+            vec![
+                (
+                    DiagnosticKind::InvalidToolCallId,
+                    Some("messages[1].tool_calls[0]".into())
+                ),
+                (
+                    DiagnosticKind::InvalidToolCallId,
+                    Some("messages[2]".into())
+                ),
+            ]
+        );
+        // Two calls of one turn sharing an id, whatever the template.
+        let d = only_error(
+            &tool_line(
+                r#"{"role":"user","content":"u"},
+                {"role":"assistant","tool_calls":[
+                    {"id":"a","type":"function","function":{"name":"get_time","arguments":{}}},
+                    {"id":"a","type":"function","function":{"name":"get_time","arguments":{}}}]}"#,
+            ),
+            CheckOptions::default(),
+        );
+        assert_eq!(
+            (d.kind, d.field.as_deref()),
+            (
+                DiagnosticKind::InvalidToolCallId,
+                Some("messages[1].tool_calls[1].id")
+            )
         );
     }
 }

@@ -8,7 +8,7 @@ use serde_json::Value;
 
 use crate::diagnostic::{Diagnostic, DiagnosticKind, ReportCounts};
 use crate::error::{DataError, Result};
-use crate::format::{check_object, describe, Example, Format};
+use crate::format::{check_object, describe, CheckOptions, Example, Format};
 
 const UTF8_BOM: &[u8] = b"\xEF\xBB\xBF";
 
@@ -54,18 +54,43 @@ pub struct ParsedFile {
 /// Reads and checks the JSONL file at `path`. `format` forces a format;
 /// `None` detects it from the first recognisable line.
 pub fn read_jsonl(path: impl AsRef<Path>, format: Option<Format>) -> Result<ParsedFile> {
+    read_jsonl_with(path, format, &CheckOptions::default())
+}
+
+/// [`read_jsonl`] with the rules of the chat template the data is for
+/// (e.g. Mistral v3's tool call ids).
+pub fn read_jsonl_with(
+    path: impl AsRef<Path>,
+    format: Option<Format>,
+    options: &CheckOptions,
+) -> Result<ParsedFile> {
     let path = path.as_ref();
     let bytes = std::fs::read(path).map_err(|source| DataError::Io {
         path: path.to_path_buf(),
         source,
     })?;
-    Ok(parse_jsonl(&path.display().to_string(), &bytes, format))
+    Ok(parse_jsonl_with(
+        &path.display().to_string(),
+        &bytes,
+        format,
+        options,
+    ))
 }
 
 /// Checks JSONL `bytes` (named `file` in diagnostics). Never fails: every
 /// problem becomes a [`Diagnostic`]. Accepts CRLF line ends, a UTF-8 BOM and
 /// blank lines.
 pub fn parse_jsonl(file: &str, bytes: &[u8], format: Option<Format>) -> ParsedFile {
+    parse_jsonl_with(file, bytes, format, &CheckOptions::default())
+}
+
+/// [`parse_jsonl`] with the rules of the chat template the data is for.
+pub fn parse_jsonl_with(
+    file: &str,
+    bytes: &[u8],
+    format: Option<Format>,
+    options: &CheckOptions,
+) -> ParsedFile {
     let mut parsed = ParsedFile {
         file: file.to_string(),
         format,
@@ -96,9 +121,15 @@ pub fn parse_jsonl(file: &str, bytes: &[u8], format: Option<Format>) -> ParsedFi
             parsed.counts.blank_lines += 1;
             continue;
         }
-        let Some(example) =
-            parse_line(file, line_no, raw, forced, &mut parsed, &mut unknown_fields)
-        else {
+        let Some(example) = parse_line(
+            file,
+            line_no,
+            raw,
+            forced,
+            options,
+            &mut parsed,
+            &mut unknown_fields,
+        ) else {
             continue;
         };
         let key = serde_json::to_string(&example).unwrap_or_default();
@@ -122,6 +153,11 @@ pub fn parse_jsonl(file: &str, bytes: &[u8], format: Option<Format>) -> ParsedFi
             .per_format
             .entry(example.format())
             .or_default() += 1;
+        let calls = example.tool_call_count();
+        if calls > 0 || !example.tools().is_empty() {
+            parsed.counts.tool_examples += 1;
+            parsed.counts.tool_calls += calls;
+        }
         if let Example::Preference { label, .. } = example {
             if label {
                 parsed.counts.desirable += 1;
@@ -168,6 +204,7 @@ fn parse_line(
     line: usize,
     raw: &[u8],
     forced: bool,
+    options: &CheckOptions,
     parsed: &mut ParsedFile,
     unknown_fields: &mut Vec<(String, usize)>,
 ) -> Option<Example> {
@@ -270,7 +307,7 @@ fn parse_line(
             return None;
         }
     };
-    let check = check_object(&object, format, file, line);
+    let check = check_object(&object, format, options, file, line);
     for name in check.unknown_fields {
         if !unknown_fields.iter().any(|(n, _)| *n == name) {
             unknown_fields.push((name, line));
@@ -377,6 +414,60 @@ mod tests {
             p.diagnostics[0].to_string(),
             "f.jsonl: error[empty_file] the file holds no example"
         );
+    }
+
+    #[test]
+    fn counts_examples_with_tools_and_their_calls() {
+        let tool = r#"{"type":"function","function":{"name":"f","parameters":{"type":"object","properties":{}}}}"#;
+        let call = |id: &str| {
+            format!(
+                r#"{{"id":"{id}","type":"function","function":{{"name":"f","arguments":"{{}}"}}}}"#
+            )
+        };
+        let data = format!(
+            "{{\"tools\":[{tool}],\"messages\":[{{\"role\":\"user\",\"content\":\"u\"}},{{\"role\":\"assistant\",\"tool_calls\":[{},{}]}},{{\"role\":\"tool\",\"tool_call_id\":\"a\",\"content\":\"1\"}},{{\"role\":\"tool\",\"tool_call_id\":\"b\",\"content\":\"2\"}},{{\"role\":\"assistant\",\"content\":\"done\"}}]}}\n\
+             {{\"tools\":[{tool}],\"messages\":[{{\"role\":\"user\",\"content\":\"u\"}},{{\"role\":\"assistant\",\"tool_calls\":[{}]}}]}}\n\
+             {{\"tools\":[{tool}],\"messages\":[{{\"role\":\"user\",\"content\":\"u\"}},{{\"role\":\"assistant\",\"content\":\"no call\"}}]}}\n\
+             {{\"messages\":[{{\"role\":\"user\",\"content\":\"u\"}},{{\"role\":\"assistant\",\"content\":\"plain\"}}]}}\n",
+            call("a"),
+            call("b"),
+            call("c")
+        );
+        let p = parse_jsonl("f", data.as_bytes(), None);
+        assert!(p.diagnostics.is_empty(), "{:#?}", p.diagnostics);
+        assert_eq!(p.examples.len(), 4);
+        assert_eq!((p.counts.tool_examples, p.counts.tool_calls), (3, 3));
+        // Mistral v3's rule applies only when asked for.
+        let mistral = CheckOptions {
+            mistral_call_ids: true,
+        };
+        let p = parse_jsonl_with("f", data.as_bytes(), None, &mistral);
+        let located: Vec<_> = p
+            .diagnostics
+            .iter()
+            .map(|d| (d.line, d.kind, d.field.as_deref()))
+            .collect();
+        assert_eq!(
+            located,
+            vec![
+                (
+                    1,
+                    DiagnosticKind::InvalidToolCallId,
+                    Some("messages[1].tool_calls[0].id")
+                ),
+                (
+                    1,
+                    DiagnosticKind::InvalidToolCallId,
+                    Some("messages[1].tool_calls[1].id")
+                ),
+                (
+                    2,
+                    DiagnosticKind::InvalidToolCallId,
+                    Some("messages[1].tool_calls[0].id")
+                ),
+            ]
+        );
+        assert_eq!((p.counts.tool_examples, p.counts.tool_calls), (1, 0));
     }
 
     #[test]

@@ -33,15 +33,17 @@ mod proptests;
 mod test_support;
 
 pub use batch::{Batch, BatchOptions, Batcher, Cursor, Plan};
-pub use dataset::{check_structure, validate, DataOptions, Dataset};
+pub use dataset::{check_structure, check_structure_with, validate, DataOptions, Dataset};
 pub use diagnostic::{Diagnostic, DiagnosticKind, ReportCounts, Severity, ValidationReport};
 pub use encode::{
     EncodeOptions, EncodedExample, EncodedSet, Encoder, LabelFilter, OverLengthPolicy, TrainOn,
 };
 pub use error::{DataError, Result};
-pub use format::{Example, Format, Message, Role};
+pub use format::{CheckOptions, Example, Format, Message, Role, ToolCall, ToolSpec};
 pub use gguf_vocab::tokenizer_gguf_metadata;
-pub use jsonl::{parse_jsonl, read_jsonl, ParsedFile, Source, SourceExample};
+pub use jsonl::{
+    parse_jsonl, parse_jsonl_with, read_jsonl, read_jsonl_with, ParsedFile, Source, SourceExample,
+};
 pub use render::{render_example, RenderedExample};
 pub use stats::{estimate_epoch, DataStats, EpochEstimate, LengthBucket};
 pub use template::{ChatFormatter, TemplateChoice, Tokenized};

@@ -14,8 +14,8 @@ use ft_config::fuzz::{fuzz, mutated};
 use crate::diagnostic::{Diagnostic, DiagnosticKind};
 use crate::encode::{EncodeOptions, Encoder, OverLengthPolicy, TrainOn};
 use crate::error::DataError;
-use crate::format::{Example, Message, Role};
-use crate::jsonl::parse_jsonl;
+use crate::format::{CheckOptions, Example, Message, Role, ToolCall, ToolSpec};
+use crate::jsonl::{parse_jsonl, parse_jsonl_with};
 use crate::template::{ChatFormatter, TemplateChoice};
 use crate::test_support::{default_model_present, default_tokenizer, tiny_spm};
 use crate::tokenizer::TextTokenizer;
@@ -45,7 +45,10 @@ fn conversation() -> impl Strategy<Value = Vec<Message>> {
 
 fn example() -> impl Strategy<Value = Example> {
     prop_oneof![
-        conversation().prop_map(|messages| Example::Chat { messages }),
+        conversation().prop_map(|messages| Example::Chat {
+            messages,
+            tools: Vec::new()
+        }),
         (content(), content())
             .prop_map(|(prompt, completion)| Example::PromptCompletion { prompt, completion }),
         content().prop_map(|text| Example::Text { text }),
@@ -119,13 +122,110 @@ proptest! {
     #[test]
     fn serialized_examples_parse_back(example in example()) {
         let line = match &example {
-            Example::Chat { messages } => serde_json::json!({ "messages": messages }),
+            Example::Chat { messages, .. } => serde_json::json!({ "messages": messages }),
             Example::PromptCompletion { prompt, completion } => serde_json::json!({ "prompt": prompt, "completion": completion }),
             Example::Text { text } => serde_json::json!({ "text": text }),
             Example::Preference { .. } => unreachable!(),
         };
         let parsed = parse_jsonl("f", line.to_string().as_bytes(), None);
         prop_assert_eq!(&parsed.examples[0].example, &example);
+    }
+}
+
+/// A valid tool conversation: 1 to 3 tools, each with one required
+/// argument; 1 or 2 rounds of 1 to 3 (parallel) calls, each answered by a
+/// result; a final answer. Call ids are 9 digits (fit for Mistral v3) when
+/// `with_ids`, else absent (results then match by order and name).
+fn tool_example() -> impl Strategy<Value = (Example, bool)> {
+    (
+        1usize..4,
+        prop::collection::vec(prop::collection::vec((0usize..3, content()), 1..4), 1..3),
+        any::<bool>(),
+        content(),
+        content(),
+    )
+        .prop_map(|(tool_count, rounds, with_ids, question, answer)| {
+            let tools: Vec<ToolSpec> = (0..tool_count)
+                .map(|j| {
+                    let raw = serde_json::json!({
+                        "type": "function",
+                        "function": {
+                            "name": format!("f{j}"),
+                            "description": format!("function {j}"),
+                            "parameters": {
+                                "type": "object",
+                                "properties": {format!("arg{j}"): {"type": "string"}},
+                                "required": [format!("arg{j}")],
+                            },
+                        },
+                    });
+                    ToolSpec::try_from(raw).unwrap()
+                })
+                .collect();
+            let mut messages = vec![Message::new(Role::User, question)];
+            let mut next_id = 0;
+            for calls in rounds {
+                let calls: Vec<ToolCall> = calls
+                    .into_iter()
+                    .map(|(t, value)| {
+                        let j = t % tool_count;
+                        next_id += 1;
+                        ToolCall {
+                            id: with_ids.then(|| format!("{next_id:09}")),
+                            name: format!("f{j}"),
+                            arguments: serde_json::json!({ format!("arg{j}"): value }),
+                        }
+                    })
+                    .collect();
+                let results: Vec<Message> = calls
+                    .iter()
+                    .enumerate()
+                    .map(|(k, call)| Message {
+                        tool_call_id: call.id.clone(),
+                        name: Some(call.name.clone()),
+                        ..Message::new(Role::Tool, format!("result {k}"))
+                    })
+                    .collect();
+                messages.push(Message {
+                    tool_calls: calls,
+                    ..Message::new(Role::Assistant, "")
+                });
+                messages.extend(results);
+            }
+            messages.push(Message::new(Role::Assistant, answer));
+            (Example::Chat { messages, tools }, with_ids)
+        })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// A valid tool conversation validates (with Mistral v3's id rule when it
+    /// has ids), whether its arguments are written as objects or as JSON
+    /// strings, and reads back as the same example; it round-trips through serde.
+    #[test]
+    fn tool_conversations_validate_and_round_trip(
+        (example, with_ids) in tool_example(),
+        string_arguments in any::<bool>(),
+    ) {
+        let Example::Chat { messages, tools } = &example else { unreachable!() };
+        let mut line = serde_json::json!({ "messages": messages, "tools": tools });
+        if string_arguments {
+            for message in line["messages"].as_array_mut().unwrap() {
+                for call in message["tool_calls"].as_array_mut().into_iter().flatten() {
+                    let text = call["function"]["arguments"].to_string();
+                    call["function"]["arguments"] = text.into();
+                }
+            }
+        }
+        let options = CheckOptions { mistral_call_ids: with_ids };
+        let parsed = parse_jsonl_with("f", line.to_string().as_bytes(), None, &options);
+        prop_assert!(parsed.diagnostics.is_empty(), "{:#?}", parsed.diagnostics);
+        prop_assert_eq!(&parsed.examples[0].example, &example);
+        prop_assert_eq!(parsed.counts.tool_examples, 1);
+        prop_assert_eq!(parsed.counts.tool_calls, example.tool_call_count());
+        let text = serde_json::to_string(&example).unwrap();
+        prop_assert_eq!(&serde_json::from_str::<Example>(&text).unwrap(), &example);
     }
 }
 
@@ -272,7 +372,7 @@ fn encode_options() -> impl Strategy<Value = EncodeOptions> {
 
 /// JSON-looking lines: the fields and values the formats use, in any order.
 fn json_ish_line() -> impl Strategy<Value = String> {
-    r#"\{("(messages|prompt|completion|text|label|role|content|chosen)": ?(\[|\{|"[a-zé <|>\[\]/]{0,8}"|true|false|1|-0\.5e9|null|\]|\}|,)){0,10}\}?"#
+    r#"\{("(messages|prompt|completion|text|label|role|content|chosen|tools|tool_calls|tool_call_id|function|name|arguments|parameters|type|id)": ?(\[|\{|"[a-zé <|>\[\]/]{0,8}"|"tool"|"function"|"object"|true|false|1|-0\.5e9|null|\]|\}|,)){0,10}\}?"#
 }
 
 /// The JSONL reader and validator on arbitrary bytes: raw bytes, newlines,
@@ -309,6 +409,7 @@ fn fuzz_jsonl_mutated_lines() {
         "tests/fixtures/preference_small.jsonl",
         "tests/fixtures/defects.jsonl",
         "tests/fixtures/defects_preference.jsonl",
+        "tests/fixtures/tools.jsonl",
         "../../examples/data/demo/train.jsonl",
     ] {
         let text = fixture(name);
@@ -390,7 +491,12 @@ fn hostile_content() -> impl Strategy<Value = String> {
 }
 
 fn role() -> impl Strategy<Value = Role> {
-    prop_oneof![Just(Role::System), Just(Role::User), Just(Role::Assistant)]
+    prop_oneof![
+        Just(Role::System),
+        Just(Role::User),
+        Just(Role::Assistant),
+        Just(Role::Tool)
+    ]
 }
 
 /// Conversations in any order of roles (system late, assistant first,

@@ -48,6 +48,12 @@ pub struct DataStats {
     pub mean_len: f64,
     /// Histogram of example lengths in power-of-two buckets.
     pub length_histogram: Vec<LengthBucket>,
+    /// Chat examples seen that offer tools or call them.
+    #[serde(default)]
+    pub tool_examples: usize,
+    /// Tool calls in the examples seen.
+    #[serde(default)]
+    pub tool_calls: usize,
 }
 
 impl DataStats {
@@ -59,6 +65,8 @@ impl DataStats {
             undesirable: counts.undesirable,
             truncated: counts.truncated,
             dropped: counts.dropped,
+            tool_examples: counts.tool_examples,
+            tool_calls: counts.tool_calls,
             min_len: examples.iter().map(EncodedExample::len).min().unwrap_or(0),
             max_len: examples.iter().map(EncodedExample::len).max().unwrap_or(0),
             ..DataStats::default()
@@ -161,7 +169,13 @@ mod tests {
     #[test]
     fn histogram_and_estimate() {
         let examples: Vec<_> = [1, 2, 3, 4, 5, 8, 9, 100].into_iter().map(ex).collect();
-        let stats = DataStats::new(&examples, &ReportCounts::default());
+        let counts = ReportCounts {
+            tool_examples: 3,
+            tool_calls: 5,
+            ..ReportCounts::default()
+        };
+        let stats = DataStats::new(&examples, &counts);
+        assert_eq!((stats.tool_examples, stats.tool_calls), (3, 5));
         assert_eq!((stats.min_len, stats.max_len, stats.tokens), (1, 100, 132));
         assert_eq!(stats.target_tokens, 132 - 8);
         let buckets: Vec<(usize, usize, usize)> = stats

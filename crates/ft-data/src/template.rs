@@ -14,7 +14,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::error::{DataError, Result};
-use crate::format::{Message, Role};
+use crate::format::{CheckOptions, Message, Role, ToolSpec};
 use crate::tokenizer::TextTokenizer;
 
 mod jinja;
@@ -99,6 +99,13 @@ impl ChatFormatter {
         }
     }
 
+    /// The checks data for this format needs (Mistral v3's call ids).
+    pub fn check_options(&self) -> CheckOptions {
+        CheckOptions {
+            mistral_call_ids: matches!(self.kind, FormatterKind::MistralV3 { .. }),
+        }
+    }
+
     /// Renders a conversation to text (Jinja only; `None` for the built-in
     /// token-level formats).
     pub fn render_text(
@@ -106,8 +113,18 @@ impl ChatFormatter {
         messages: &[Message],
         add_generation_prompt: bool,
     ) -> Result<Option<String>> {
+        self.render_chat_text(messages, &[], add_generation_prompt)
+    }
+
+    /// [`render_text`](Self::render_text) for a conversation that offers `tools`.
+    pub fn render_chat_text(
+        &self,
+        messages: &[Message],
+        tools: &[ToolSpec],
+        add_generation_prompt: bool,
+    ) -> Result<Option<String>> {
         match &self.kind {
-            FormatterKind::Jinja(t) => t.render(messages, add_generation_prompt).map(Some),
+            FormatterKind::Jinja(t) => t.render(messages, tools, add_generation_prompt).map(Some),
             _ => Ok(None),
         }
     }
@@ -121,11 +138,15 @@ impl ChatFormatter {
         messages: &[Message],
     ) -> Result<Vec<u32>> {
         let mut ids = match &self.kind {
-            FormatterKind::Jinja(t) => tokenizer.encode(&t.render(messages, true)?)?,
+            FormatterKind::Jinja(t) => tokenizer.encode(&t.render(messages, &[], true)?)?,
             FormatterKind::MistralV3 { inst, inst_end } => {
+                refuse_tools("mistral-v3", messages, &[])?;
                 encode_mistral_v3(tokenizer, messages, *inst, *inst_end)?.ids
             }
-            FormatterKind::Raw => encode_raw(tokenizer, messages)?.ids,
+            FormatterKind::Raw => {
+                refuse_tools("raw", messages, &[])?;
+                encode_raw(tokenizer, messages)?.ids
+            }
         };
         let special = tokenizer.special();
         if let Some(bos) = special.bos {
@@ -139,12 +160,29 @@ impl ChatFormatter {
     /// Tokenizes a conversation; the mask marks assistant tokens and the
     /// end-of-turn token after each.
     pub fn encode(&self, tokenizer: &TextTokenizer, messages: &[Message]) -> Result<Tokenized> {
+        self.encode_chat(tokenizer, messages, &[])
+    }
+
+    /// [`encode`](Self::encode) for a conversation that offers `tools`. The
+    /// mask marks the assistant turns, tool calls included; tool results and
+    /// the tool list are never targets. Only Jinja templates render tools:
+    /// the built-in formats refuse a conversation that uses them.
+    pub fn encode_chat(
+        &self,
+        tokenizer: &TextTokenizer,
+        messages: &[Message],
+        tools: &[ToolSpec],
+    ) -> Result<Tokenized> {
         let mut out = match &self.kind {
-            FormatterKind::Jinja(t) => t.encode(tokenizer, messages)?,
+            FormatterKind::Jinja(t) => t.encode(tokenizer, messages, tools)?,
             FormatterKind::MistralV3 { inst, inst_end } => {
+                refuse_tools("mistral-v3", messages, tools)?;
                 encode_mistral_v3(tokenizer, messages, *inst, *inst_end)?
             }
-            FormatterKind::Raw => encode_raw(tokenizer, messages)?,
+            FormatterKind::Raw => {
+                refuse_tools("raw", messages, tools)?;
+                encode_raw(tokenizer, messages)?
+            }
         };
         let special = tokenizer.special();
         if let Some(bos) = special.bos {
@@ -167,6 +205,24 @@ fn model_template(source: &str, tokenizer: &TextTokenizer) -> Result<JinjaTempla
             (error, _) => error,
         }
     })
+}
+
+/// The built-in formats cannot render tools yet: a conversation that offers
+/// or calls tools is an error rather than silently losing those turns.
+fn refuse_tools(format: &str, messages: &[Message], tools: &[ToolSpec]) -> Result<()> {
+    let at = messages
+        .iter()
+        .position(|m| m.role == Role::Tool || !m.tool_calls.is_empty());
+    let what = match at {
+        Some(i) if messages[i].role == Role::Tool => format!("messages[{i}] is a tool result: "),
+        Some(i) => format!("messages[{i}].tool_calls: "),
+        None if !tools.is_empty() => "tools: ".to_string(),
+        None => return Ok(()),
+    };
+    Err(DataError::template(format!(
+        "{what}tool calls are not supported by the `{format}` template yet; use a model \
+         whose own chat template renders tools (`--template auto`)"
+    )))
 }
 
 fn mistral_v3(tokenizer: &TextTokenizer) -> Result<FormatterKind> {
@@ -227,6 +283,8 @@ fn encode_mistral_v3(
                 out.push(&tokenizer.encode_literal(&message.content)?, true);
                 out.push(&[eos], true);
             }
+            // Refused before (see `refuse_tools`).
+            Role::Tool => {}
         }
     }
     Ok(out)
@@ -370,6 +428,149 @@ mod tests {
         let text = f.render_text(&chat()[1..3], false).unwrap().unwrap();
         assert_eq!(text, "HIHELLO WORLD");
         assert!(ChatFormatter::new(&TemplateChoice::Jinja("{% for %}".into()), &tok).is_err());
+    }
+
+    /// A conversation with two parallel calls, their results and an answer.
+    fn tool_chat() -> (Vec<Message>, Vec<ToolSpec>) {
+        let tool = serde_json::json!({"type": "function", "function": {
+            "name": "get_time", "description": "The time",
+            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}});
+        let call = |id: &str, city: &str| crate::format::ToolCall {
+            id: Some(id.into()),
+            name: "get_time".into(),
+            arguments: serde_json::json!({ "city": city }),
+        };
+        let result = |id: &str, content: &str| Message {
+            tool_call_id: Some(id.into()),
+            name: Some("get_time".into()),
+            ..Message::new(Role::Tool, content)
+        };
+        let messages = vec![
+            Message::new(Role::User, "hi"),
+            Message {
+                tool_calls: vec![call("c1", "Paris"), call("c2", "Rome")],
+                ..Message::new(Role::Assistant, "")
+            },
+            result("c1", "noon"),
+            result("c2", "one"),
+            Message::new(Role::Assistant, "ab"),
+        ];
+        (messages, vec![ToolSpec::try_from(tool).unwrap()])
+    }
+
+    /// Prints the tools, each call (name, arguments, id) and each result
+    /// (id, name, content), as transformers hands them to a template.
+    const TOOL_TEMPLATE: &str = "{% if tools %}tools:{% for t in tools %} {{ t.function.name }}\
+        ({{ t.function.description }}){% endfor %}{{ '\\n' }}{% endif %}\
+        {% for m in messages %}\
+        {% if m.role == 'assistant' and m.tool_calls %}call:{% for c in m.tool_calls %} \
+        {{ c.function.name }} {{ c.function.arguments | tojson }} {{ c.id }} {{ c.type }};{% endfor %}</s>\n\
+        {% elif m.role == 'tool' %}result {{ m.tool_call_id }} {{ m.name }}: {{ m.content }}\n\
+        {% else %}{{ m.role }}: {{ m.content }}</s>\n{% endif %}{% endfor %}";
+
+    #[test]
+    fn jinja_templates_see_tools_and_tool_calls() {
+        let tok = tiny_spm();
+        let f = ChatFormatter::new(&TemplateChoice::Jinja(TOOL_TEMPLATE.into()), &tok).unwrap();
+        let (messages, tools) = tool_chat();
+        let text = f
+            .render_chat_text(&messages, &tools, false)
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            text,
+            "tools: get_time(The time)\n\
+             user: hi</s>\n\
+             call: get_time {\"city\": \"Paris\"} c1 function; get_time {\"city\": \"Rome\"} c2 function;</s>\n\
+             result c1 get_time: noon\n\
+             result c2 get_time: one\n\
+             assistant: ab</s>\n"
+        );
+        // Without tools the template sees none.
+        let plain = f.render_text(&messages[..1], false).unwrap().unwrap();
+        assert_eq!(plain, "user: hi</s>\n");
+        // The calls and the answer are trained on; the results and the tool list are not.
+        let t = f.encode_chat(&tok, &messages, &tools).unwrap();
+        let runs = trained_runs(&tok, &t);
+        assert_eq!(runs.len(), 2, "{runs:?}");
+        assert!(
+            runs[0].contains("call: get_time {\"city\": \"Paris\"} c1"),
+            "{runs:?}"
+        );
+        assert!(runs[0].ends_with("</s>"), "{runs:?}");
+        assert!(runs[1].ends_with("ab</s>"), "{runs:?}");
+        assert!(runs
+            .iter()
+            .all(|r| !r.contains("result") && !r.contains("tools")));
+    }
+
+    #[test]
+    fn a_template_that_drops_tool_turns_is_an_error() {
+        let tok = tiny_spm();
+        let (messages, tools) = tool_chat();
+        // Prints contents only: the calls would train as empty turns.
+        let source = "{% for m in messages %}{{ m.role }}: {{ m.content }}</s>{% endfor %}";
+        let f = ChatFormatter::new(&TemplateChoice::Jinja(source.into()), &tok).unwrap();
+        let err = f
+            .encode_chat(&tok, &messages, &tools)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with(
+                "chat template: messages[1].tool_calls[0]: this chat template does not render \
+                 tool calls (the text never names `get_time`)"
+            ),
+            "{err}"
+        );
+        // Prints calls but skips results.
+        let source = "{% for m in messages %}{% if m.role != 'tool' %}{{ m.content }}\
+            {% for c in m.tool_calls or [] %}{{ c.function.name }}{% endfor %}</s>{% endif %}{% endfor %}";
+        let f = ChatFormatter::new(&TemplateChoice::Jinja(source.into()), &tok).unwrap();
+        let err = f
+            .encode_chat(&tok, &messages, &tools)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with(
+                "chat template: messages[2]: this chat template does not render tool results"
+            ),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn built_in_formats_refuse_tool_turns() {
+        let tok = tiny_spm();
+        let (messages, tools) = tool_chat();
+        for (choice, name) in [
+            (TemplateChoice::MistralV3, "mistral-v3"),
+            (TemplateChoice::Raw, "raw"),
+        ] {
+            let f = ChatFormatter::new(&choice, &tok).unwrap();
+            let err = f
+                .encode_chat(&tok, &messages, &tools)
+                .unwrap_err()
+                .to_string();
+            assert_eq!(
+                err,
+                format!(
+                    "chat template: messages[1].tool_calls: tool calls are not supported by the \
+                     `{name}` template yet; use a model whose own chat template renders tools \
+                     (`--template auto`)"
+                )
+            );
+            // A tool list alone is refused too; a plain chat is not.
+            let err = f
+                .encode_chat(&tok, &chat(), &tools)
+                .unwrap_err()
+                .to_string();
+            assert!(err.starts_with("chat template: tools: tool calls"), "{err}");
+            assert!(f.encode_chat(&tok, &chat(), &[]).is_ok());
+        }
+        let mistral = ChatFormatter::new(&TemplateChoice::MistralV3, &tok).unwrap();
+        assert!(mistral.check_options().mistral_call_ids);
+        let raw = ChatFormatter::new(&TemplateChoice::Raw, &tok).unwrap();
+        assert!(!raw.check_options().mistral_call_ids);
     }
 
     #[test]

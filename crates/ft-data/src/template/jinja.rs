@@ -246,23 +246,30 @@ impl JinjaTemplate {
     pub(super) fn render(
         &self,
         messages: &[Message],
+        tools: &[ToolSpec],
         add_generation_prompt: bool,
     ) -> Result<String> {
         let messages: Vec<serde_json::Value> = messages
             .iter()
-            .map(|m| serde_json::json!({"role": m.role.as_str(), "content": m.content}))
+            .map(|m| message_value(m, m.content.clone()))
             .collect();
-        self.render_values(messages, add_generation_prompt)
+        self.render_values(messages, tools, add_generation_prompt)
     }
 
     pub(super) fn render_values(
         &self,
         messages: Vec<serde_json::Value>,
+        tools: &[ToolSpec],
         add_generation_prompt: bool,
     ) -> Result<String> {
         let template = self.env.get_template("chat").map_err(DataError::template)?;
+        // As transformers: `tools` is none when the conversation offers none,
+        // else the definitions as written.
+        let tools: Option<Vec<&serde_json::Value>> =
+            (!tools.is_empty()).then(|| tools.iter().map(|t| &t.raw).collect());
         let ctx = minijinja::context! {
             messages => minijinja::Value::from(minijinja::value::Serde(messages)),
+            tools => minijinja::Value::from(minijinja::value::Serde(tools)),
             add_generation_prompt => add_generation_prompt,
             bos_token => self.bos_text.clone(),
             eos_token => self.eos_text.clone(),
@@ -288,11 +295,13 @@ impl JinjaTemplate {
         &self,
         tokenizer: &TextTokenizer,
         messages: &[Message],
+        tools: &[ToolSpec],
     ) -> Result<Tokenized> {
-        let full = self.render(messages, false)?;
-        let spans = match self.spans_by_prefix(messages, &full) {
+        let full = self.render(messages, tools, false)?;
+        check_tool_turns_rendered(messages, &full)?;
+        let spans = match self.spans_by_prefix(messages, tools, &full) {
             Some(spans) => spans,
-            None => self.spans_by_markers(messages, &full)?,
+            None => self.spans_by_markers(messages, tools, &full)?,
         };
         let (ids, offsets) = tokenizer.encode_with_offsets(&full)?;
         let mut mask = vec![false; ids.len()];
@@ -339,6 +348,7 @@ impl JinjaTemplate {
     pub(super) fn spans_by_prefix(
         &self,
         messages: &[Message],
+        tools: &[ToolSpec],
         full: &str,
     ) -> Option<Vec<(usize, usize)>> {
         let mut spans = Vec::new();
@@ -346,8 +356,8 @@ impl JinjaTemplate {
             if message.role != Role::Assistant {
                 continue;
             }
-            let before = self.render(&messages[..i], true).ok()?;
-            let through = self.render(&messages[..=i], false).ok()?;
+            let before = self.render(&messages[..i], tools, true).ok()?;
+            let through = self.render(&messages[..=i], tools, false).ok()?;
             if !through.starts_with(&before) || !full.starts_with(&through) {
                 return None;
             }
@@ -366,8 +376,17 @@ impl JinjaTemplate {
     pub(super) fn spans_by_markers(
         &self,
         messages: &[Message],
+        tools: &[ToolSpec],
         full: &str,
     ) -> Result<Vec<(usize, usize)>> {
+        // Markers wrap the content only: the text a template writes for tool
+        // calls would fall outside them, untrained. Refuse rather than mask wrongly.
+        if let Some(i) = messages.iter().position(|m| !m.tool_calls.is_empty()) {
+            return Err(DataError::template(format!(
+                "messages[{i}].tool_calls: cannot locate the tool calls in the rendered \
+                 template (it does not render conversations prefix by prefix the same way)"
+            )));
+        }
         let marked: Vec<serde_json::Value> = messages
             .iter()
             .map(|m| {
@@ -376,10 +395,10 @@ impl JinjaTemplate {
                 } else {
                     m.content.clone()
                 };
-                serde_json::json!({"role": m.role.as_str(), "content": content})
+                message_value(m, content)
             })
             .collect();
-        let rendered = self.render_values(marked, false)?;
+        let rendered = self.render_values(marked, tools, false)?;
         let mut clean = String::with_capacity(rendered.len());
         let mut spans = Vec::new();
         let mut rest = rendered.as_str();
@@ -414,6 +433,51 @@ impl JinjaTemplate {
         }
         Ok(spans)
     }
+}
+
+/// A template that ignores `tool_calls` or tool results would train a call
+/// as an empty turn and hide the results: refuse the conversation instead.
+/// A call counts as rendered when the text names its function, a result
+/// when the text holds its (trimmed) content.
+pub(super) fn check_tool_turns_rendered(messages: &[Message], full: &str) -> Result<()> {
+    for (i, message) in messages.iter().enumerate() {
+        for (k, call) in message.tool_calls.iter().enumerate() {
+            if !full.contains(call.name.as_str()) {
+                return Err(DataError::template(format!(
+                    "messages[{i}].tool_calls[{k}]: this chat template does not render tool \
+                     calls (the text never names `{}`): the call would train as an empty turn; \
+                     use a template that renders `tool_calls`",
+                    call.name
+                )));
+            }
+        }
+        let content = message.content.trim();
+        if message.role == Role::Tool && !content.is_empty() && !full.contains(content) {
+            return Err(DataError::template(format!(
+                "messages[{i}]: this chat template does not render tool results (the text \
+                 lacks this result's content); use a template that renders `tool` messages"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// A message as transformers hands it to a template: a dict with `role` and
+/// `content`, plus `tool_calls` (each `{"id", "type": "function",
+/// "function": {"name", "arguments"}}`, arguments as an object),
+/// `tool_call_id` and `name` when the message has them.
+pub(super) fn message_value(message: &Message, content: String) -> serde_json::Value {
+    let mut value = serde_json::json!({"role": message.role.as_str(), "content": content});
+    if !message.tool_calls.is_empty() {
+        value["tool_calls"] = serde_json::to_value(&message.tool_calls).unwrap_or_default();
+    }
+    if let Some(id) = &message.tool_call_id {
+        value["tool_call_id"] = id.clone().into();
+    }
+    if let Some(name) = &message.name {
+        value["name"] = name.clone().into();
+    }
+    value
 }
 
 pub(super) fn raise_exception(message: String) -> std::result::Result<String, minijinja::Error> {
