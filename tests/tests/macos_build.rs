@@ -8,17 +8,10 @@
 //!   test binaries), not upstream's `~/.mlx/...`;
 //! - the macOS CI job is pinned, caches that folder and runs the main job.
 
-use std::path::{Path, PathBuf};
-
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("tests/ sits in the repository root")
-        .to_path_buf()
-}
+use ft_integration_tests::repo_root;
 
 fn read(relative: &str) -> String {
-    std::fs::read_to_string(root().join(relative))
+    std::fs::read_to_string(repo_root().join(relative))
         .unwrap_or_else(|error| panic!("{relative}: {error}"))
 }
 

@@ -12,6 +12,7 @@
 //! inferred (`Array::from_slice(&values, ..)` with `values: Vec<f64>`). Keep
 //! host-side float64 arithmetic in Rust, as the rest of the code does.
 
+use ft_integration_tests::{repo_root, rust_files};
 use std::fs;
 use std::path::{Path, PathBuf};
 
@@ -120,38 +121,13 @@ fn scan(source: &str) -> Vec<Finding> {
     findings
 }
 
-fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
-    let Ok(entries) = fs::read_dir(dir) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let path = entry.path();
-        let name = entry.file_name();
-        let name = name.to_string_lossy();
-        if path.is_dir() {
-            if name != "target" && !name.starts_with('.') {
-                rust_files(&path, out);
-            }
-        } else if name.ends_with(".rs") {
-            out.push(path);
-        }
-    }
-}
-
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("tests/ sits in the repository root")
-        .to_path_buf()
-}
-
 #[test]
 fn no_float64_mlx_array_outside_a_cpu_stream() {
     let root = repo_root();
-    let mut files = Vec::new();
-    for dir in ["crates", "xtask/src", "examples", "tests"] {
-        rust_files(&root.join(dir), &mut files);
-    }
+    let files: Vec<PathBuf> = ["crates", "xtask/src", "examples", "tests"]
+        .iter()
+        .flat_map(|dir| rust_files(&root.join(dir)))
+        .collect();
     assert!(files.len() > 50, "found only {} Rust files", files.len());
     let this_file = Path::new(file!())
         .file_name()

@@ -6,34 +6,9 @@
 //! `unsafe` text appears outside the FFI module, and that every `unsafe fn`
 //! there documents its contract in a `# Safety` section.
 
+use ft_integration_tests::{repo_root, rust_files};
 use std::fs;
 use std::path::{Path, PathBuf};
-
-fn repository_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("tests/ sits in the repository root")
-        .to_path_buf()
-}
-
-fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
-    let Ok(entries) = fs::read_dir(dir) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let path = entry.path();
-        if path.is_dir() {
-            if !matches!(
-                path.file_name().and_then(|n| n.to_str()),
-                Some("target" | "fixtures")
-            ) {
-                rust_files(&path, out);
-            }
-        } else if path.extension().is_some_and(|e| e == "rs") {
-            out.push(path);
-        }
-    }
-}
 
 /// Crate roots of the workspace: `crates/*/src/{lib,main}.rs`, xtask's main
 /// and the integration-test crate's lib.
@@ -95,7 +70,7 @@ fn allowed_in_tests(path: &Path, line: &str) -> bool {
 
 #[test]
 fn every_crate_root_forbids_unsafe_code_and_ft_model_denies_it() {
-    let root = repository_root();
+    let root = repo_root();
     let mut problems = Vec::new();
     for path in crate_roots(&root) {
         let text = fs::read_to_string(&path).expect("crate root is readable");
@@ -120,12 +95,12 @@ fn every_crate_root_forbids_unsafe_code_and_ft_model_denies_it() {
 
 #[test]
 fn unsafe_code_appears_only_in_ft_model_ffi() {
-    let root = repository_root();
+    let root = repo_root();
     let ffi = root.join("crates/ft-model/src/ffi");
-    let mut files = Vec::new();
-    for dir in ["crates", "xtask/src", "tests"] {
-        rust_files(&root.join(dir), &mut files);
-    }
+    let files: Vec<PathBuf> = ["crates", "xtask/src", "tests"]
+        .iter()
+        .flat_map(|dir| rust_files(&root.join(dir)))
+        .collect();
     assert!(
         files.len() > 50,
         "the scan found only {} files",
@@ -153,11 +128,7 @@ fn unsafe_code_appears_only_in_ft_model_ffi() {
 
 #[test]
 fn every_unsafe_fn_in_ffi_has_a_safety_section() {
-    let mut files = Vec::new();
-    rust_files(
-        &repository_root().join("crates/ft-model/src/ffi"),
-        &mut files,
-    );
+    let files = rust_files(&repo_root().join("crates/ft-model/src/ffi"));
     assert!(
         !files.is_empty(),
         "crates/ft-model/src/ffi has no Rust files"

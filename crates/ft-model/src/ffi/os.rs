@@ -67,6 +67,11 @@ fn symbol_address(symbol: &str) -> Option<*mut libc::c_void> {
     (!address.is_null()).then_some(address)
 }
 
+/// The address of the first of `symbols` that a loaded library defines.
+fn first_symbol(symbols: &[&str]) -> Option<*mut libc::c_void> {
+    symbols.iter().find_map(|symbol| symbol_address(symbol))
+}
+
 /// The file of the loaded library that defines `symbol` (canonical path).
 pub fn library_defining(symbol: &str) -> Option<String> {
     let address = symbol_address(symbol)?;
@@ -86,7 +91,7 @@ pub fn library_defining(symbol: &str) -> Option<String> {
 /// Calls the first of `symbols` that is loaded, a `const char *f(void)`
 /// returning a static string (OpenBLAS's `*_get_config`, `*_get_corename`).
 pub fn call_string_getter(symbols: &[&str]) -> Option<String> {
-    let address = symbols.iter().find_map(|symbol| symbol_address(symbol))?;
+    let address = first_symbol(symbols)?;
     // SAFETY: the callers name only getters of that signature that return a
     // static NUL-terminated string.
     unsafe {
@@ -99,7 +104,7 @@ pub fn call_string_getter(symbols: &[&str]) -> Option<String> {
 /// Calls the first of `symbols` that is loaded, an `int f(void)`
 /// (OpenBLAS's `*_get_num_threads`).
 pub fn call_int_getter(symbols: &[&str]) -> Option<i32> {
-    let address = symbols.iter().find_map(|symbol| symbol_address(symbol))?;
+    let address = first_symbol(symbols)?;
     // SAFETY: the callers name only getters that take no arguments and return an int.
     let getter: extern "C" fn() -> libc::c_int = unsafe { std::mem::transmute(address) };
     Some(getter())
@@ -108,7 +113,7 @@ pub fn call_int_getter(symbols: &[&str]) -> Option<i32> {
 /// Calls the first of `symbols` that is loaded, a `void f(int)` (OpenBLAS's
 /// `*_set_num_threads`); `false` when none is.
 pub fn call_int_setter(symbols: &[&str], value: i32) -> bool {
-    let Some(address) = symbols.iter().find_map(|symbol| symbol_address(symbol)) else {
+    let Some(address) = first_symbol(symbols) else {
         return false;
     };
     // SAFETY: the callers name only setters that take one int and return nothing.
