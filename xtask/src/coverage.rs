@@ -59,18 +59,12 @@ pub fn run(root: &Path, min_percent: f64) -> Result<()> {
     // The binaries live one folder deeper (target/llvm-cov-target) than the
     // rpath in .cargo/config.toml reaches, so the MLX runtime is named here.
     let runtime = root.join(".ft/mlx/runtime/mlx/lib");
-    let library_path = match std::env::var_os("LD_LIBRARY_PATH") {
-        Some(existing) if !existing.is_empty() => {
-            let mut joined = runtime.into_os_string();
-            joined.push(":");
-            joined.push(existing);
-            joined
-        }
-        _ => runtime.into_os_string(),
-    };
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let inherited = std::env::var_os("LD_LIBRARY_PATH").unwrap_or_default();
+    let library_path =
+        std::env::join_paths(std::iter::once(runtime).chain(std::env::split_paths(&inherited)))
+            .context("joining LD_LIBRARY_PATH")?;
     let tests = shell::run(
-        Command::new(cargo)
+        shell::cargo_command(root)
             .args([
                 "llvm-cov",
                 "nextest",
@@ -78,8 +72,7 @@ pub fn run(root: &Path, min_percent: f64) -> Result<()> {
                 "--no-fail-fast",
                 "--no-report",
             ])
-            .env("LD_LIBRARY_PATH", library_path)
-            .current_dir(root),
+            .env("LD_LIBRARY_PATH", library_path),
     );
 
     shell::step("cargo llvm-cov report --html");
@@ -140,9 +133,8 @@ fn path_str(path: &Path) -> Result<&str> {
 
 /// cargo-llvm-cov and the LLVM tools of the toolchain in use.
 fn install(root: &Path) -> Result<()> {
-    let has_llvm_cov = Command::new("cargo")
+    let has_llvm_cov = shell::cargo_command(root)
         .args(["llvm-cov", "--version"])
-        .current_dir(root)
         .output()
         .is_ok_and(|out| out.status.success());
     if !has_llvm_cov {
@@ -169,15 +161,17 @@ fn install(root: &Path) -> Result<()> {
 /// Per-crate line counts from an lcov report, library code only.
 pub fn crate_counts(root: &Path, lcov: &str) -> Result<BTreeMap<String, LineCount>> {
     let mut counts: BTreeMap<String, LineCount> = BTreeMap::new();
-    let mut excluded_files: BTreeMap<PathBuf, bool> = BTreeMap::new();
+    // Per crate: the modules its root declares only for tests.
+    let mut test_only: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for record in parse_lcov(lcov) {
         let Some((krate, relative)) = library_file(root, &record.path) else {
             continue;
         };
-        let test_only = *excluded_files
-            .entry(record.path.clone())
-            .or_insert_with(|| is_test_only_file(root, &krate, &relative));
-        if test_only {
+        let modules = test_only
+            .entry(krate.clone())
+            .or_insert_with(|| crate_test_only_modules(root, &krate));
+        let stem = relative.file_stem().and_then(|s| s.to_str());
+        if stem.is_some_and(|stem| modules.iter().any(|name| name == stem)) {
             continue;
         }
         let source = std::fs::read_to_string(&record.path)
@@ -242,16 +236,12 @@ fn library_file(root: &Path, path: &Path) -> Option<(String, PathBuf)> {
     Some((krate, inside.to_path_buf()))
 }
 
-/// Whether the crate root declares this file's module under `#[cfg(test)]`.
-fn is_test_only_file(root: &Path, krate: &str, inside_src: &Path) -> bool {
-    let Some(stem) = inside_src.file_stem().and_then(|s| s.to_str()) else {
-        return false;
-    };
+/// The modules `crates/<krate>/src/lib.rs` declares only for tests.
+fn crate_test_only_modules(root: &Path, krate: &str) -> Vec<String> {
     let lib = root.join("crates").join(krate).join("src/lib.rs");
-    let Ok(text) = std::fs::read_to_string(lib) else {
-        return false;
-    };
-    test_only_modules(&text).iter().any(|name| name == stem)
+    std::fs::read_to_string(lib)
+        .map(|text| test_only_modules(&text))
+        .unwrap_or_default()
 }
 
 /// Modules a crate root declares only for tests (`#[cfg(test)]` on the line

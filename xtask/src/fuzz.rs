@@ -125,11 +125,9 @@ pub fn run(root: &Path, options: Options) -> Result<()> {
 /// Builds the unit-test binaries of [`CRATES`] and lists their `fuzz_*` tests.
 fn find_targets(root: &Path, only: Option<&str>) -> Result<Vec<Target>> {
     shell::step("building the unit tests of the crates with fuzz targets");
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let mut command = Command::new(cargo);
+    let mut command = shell::cargo_command(root);
     command
         .args(["test", "--no-run", "--lib", "--message-format=json"])
-        .current_dir(root)
         .stderr(Stdio::inherit());
     for krate in CRATES {
         command.args(["-p", krate]);

@@ -38,10 +38,17 @@ pub fn output(command: &mut Command) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// A `cargo` command in `dir`, with the cargo that runs xtask.
+pub fn cargo_command(dir: &Path) -> Command {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut command = Command::new(cargo);
+    command.current_dir(dir);
+    command
+}
+
 /// `cargo <args>` in `dir`, with the cargo that runs xtask.
 pub fn cargo(dir: &Path, args: &[&str]) -> Result<()> {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    run(Command::new(cargo).args(args).current_dir(dir))
+    run(cargo_command(dir).args(args))
 }
 
 /// `cargo build --release -p ft-cli`; on macOS also puts MLX's Metal
